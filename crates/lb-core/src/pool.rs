@@ -1,0 +1,339 @@
+//! The pool: rare writes that publish immutable snapshots.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+
+use crate::backend::{Backend, BackendId, Health, Member, MAX_CONNS, MAX_WEIGHT};
+use crate::counters::Counters;
+use crate::error::PoolError;
+use crate::snapshot::{Change, Prepare, Snapshot};
+
+/// A cheap handle to a loaded snapshot, held only for the duration of a pick.
+pub type SnapshotRef = arc_swap::Guard<Arc<Snapshot>>;
+
+/// A set of backends, changed rarely and read on every pick.
+///
+/// Every write (add, remove, weight, health, settings) builds a new immutable
+/// [`Snapshot`], lets the attached [`Prepare`] build the scheduler's tables
+/// for it, and publishes it atomically. Readers never take a lock: they load
+/// the current snapshot with [`Pool::load`]. Writers are serialised by a lock
+/// of their own, which no reader touches. `Pool` is a handle: clones share
+/// the same backends.
+///
+/// ```
+/// use lb_core::{Backend, Health, Pool};
+/// let pool = Pool::new();
+/// let a = pool.add(Backend::new("a", "10.0.0.1:80".parse().unwrap())).unwrap();
+/// pool.add(Backend::new("b", "10.0.0.2:80".parse().unwrap()).with_weight(3)).unwrap();
+/// pool.set_health(a, Health::Down).unwrap();
+/// let snap = pool.load();
+/// assert_eq!(snap.len(), 2);
+/// assert!(!snap.members()[0].is_eligible());
+/// ```
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    current: ArcSwap<Snapshot>,
+    writer: Mutex<Writer>,
+}
+
+struct Writer {
+    next_id: u32,
+    version: u64,
+    overrides: Vec<(BackendId, u32)>,
+    preparer: Option<Arc<dyn Prepare>>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool").field("snapshot", &self.load()).finish()
+    }
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pool {
+    /// An empty pool.
+    pub fn new() -> Self {
+        Pool {
+            inner: Arc::new(Inner {
+                current: ArcSwap::from_pointee(Snapshot::empty()),
+                writer: Mutex::new(Writer {
+                    next_id: 0,
+                    version: 0,
+                    overrides: Vec::new(),
+                    preparer: None,
+                }),
+            }),
+        }
+    }
+
+    /// The current snapshot, without a lock and without touching a shared
+    /// reference count in the common case. Hold it only briefly.
+    #[inline]
+    pub fn load(&self) -> SnapshotRef {
+        self.inner.current.load()
+    }
+
+    /// The current snapshot as an owned `Arc`, to keep.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.current.load_full()
+    }
+
+    /// Attach the preparer that builds scheduler tables for every snapshot
+    /// (replacing any previous one), and prepare the current snapshot now.
+    pub fn attach(&self, preparer: Arc<dyn Prepare>) {
+        let mut w = self.inner.writer.lock();
+        w.preparer = Some(preparer);
+        let members = self.inner.current.load().members.clone();
+        self.publish(&mut w, members, Change::Attach, true);
+    }
+
+    /// Add a backend at the end of pool order.
+    pub fn add(&self, backend: Backend) -> Result<BackendId, PoolError> {
+        self.batch(|b| b.add(backend))
+    }
+
+    /// Remove a backend. Its open connections carry on and close into its
+    /// counters, which the returned `Arc` (and their guards) keep alive.
+    pub fn remove(&self, id: BackendId) -> Result<Arc<Counters>, PoolError> {
+        self.batch(|b| b.remove(id))
+    }
+
+    /// Set a backend's configured weight (0 quiesces).
+    pub fn set_weight(&self, id: BackendId, weight: u64) -> Result<(), PoolError> {
+        self.batch(|b| b.set_weight(id, weight))
+    }
+
+    /// Set (or with `None`, clear) the effective weight schedulers use in
+    /// place of the configured one, as slow start does.
+    pub fn set_effective_weight(&self, id: BackendId, weight: Option<u64>) -> Result<(), PoolError> {
+        self.batch(|b| b.set_effective_weight(id, weight))
+
+    }
+
+    /// Set a backend's health.
+    pub fn set_health(&self, id: BackendId, health: Health) -> Result<(), PoolError> {
+        self.batch(|b| b.set_health(id, health))
+    }
+
+    /// Set a backend's backup flag.
+    pub fn set_backup(&self, id: BackendId, backup: bool) -> Result<(), PoolError> {
+        self.batch(|b| b.set_backup(id, backup))
+    }
+
+    /// Set a backend's connection limit (0 = none).
+    pub fn set_max_conns(&self, id: BackendId, max_conns: u64) -> Result<(), PoolError> {
+        self.batch(|b| b.set_max_conns(id, max_conns))
+
+    }
+
+    /// The id of the backend with this name.
+    pub fn find(&self, name: &str) -> Option<BackendId> {
+        self.load().by_name(name).map(|m| m.id)
+    }
+
+    /// Apply several writes and publish them as one snapshot, or none of
+    /// them if `f` returns an error: the pool is then left as it was.
+    ///
+    /// ```
+    /// use lb_core::{Backend, Pool};
+    /// let pool = Pool::new();
+    /// let r = pool.batch(|b| {
+    ///     b.add(Backend::new("a", "10.0.0.1:80".parse().unwrap()))?;
+    ///     b.add(Backend::new("a", "10.0.0.2:80".parse().unwrap()))
+    /// });
+    /// assert!(r.is_err());
+    /// assert!(pool.load().is_empty(), "a failed batch changes nothing");
+    /// ```
+    pub fn batch<T>(
+        &self,
+        f: impl FnOnce(&mut Batch) -> Result<T, PoolError>,
+    ) -> Result<T, PoolError> {
+        let mut w = self.inner.writer.lock();
+        let current = self.inner.current.load();
+        let mut batch = Batch {
+            members: current.members.clone(),
+            next_id: w.next_id,
+            overrides: w.overrides.clone(),
+            changes: Vec::new(),
+        };
+        let out = f(&mut batch)?;
+        if batch.changes.is_empty() {
+            return Ok(out);
+        }
+        let change = if batch.changes.len() == 1 {
+            batch.changes[0]
+        } else {
+            Change::Batch
+        };
+        w.next_id = batch.next_id;
+        w.overrides = batch.overrides;
+        self.publish(&mut w, batch.members, change, false);
+        Ok(out)
+    }
+
+    fn publish(&self, w: &mut Writer, members: Vec<Member>, change: Change, attach: bool) {
+        let prev = self.inner.current.load_full();
+        w.version += 1;
+        let mut next = Snapshot {
+            version: w.version,
+            members,
+            tables: None,
+        };
+        if let Some(p) = &w.preparer {
+            let prev_ref = if attach { None } else { Some(&*prev) };
+            next.tables = p.prepare(&next, prev_ref, change);
+        }
+        self.inner.current.store(Arc::new(next));
+    }
+}
+
+/// Writes collected by [`Pool::batch`], published together.
+#[derive(Debug)]
+pub struct Batch {
+    members: Vec<Member>,
+    next_id: u32,
+    overrides: Vec<(BackendId, u32)>,
+    changes: Vec<Change>,
+}
+
+fn check_weight(name: &str, weight: u64) -> Result<u32, PoolError> {
+    if weight > u64::from(MAX_WEIGHT) {
+        return Err(PoolError::BadWeight {
+            name: name.to_owned(),
+            weight,
+        });
+    }
+    Ok(weight as u32)
+}
+
+impl Batch {
+    fn slot(&mut self, id: BackendId) -> Result<&mut Member, PoolError> {
+        match self.members.binary_search_by_key(&id, |m| m.id) {
+            Ok(i) => Ok(&mut self.members[i]),
+            Err(_) => Err(PoolError::UnknownBackend(id)),
+        }
+    }
+
+    /// The backends as they stand in this batch.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// Add a backend at the end of pool order.
+    pub fn add(&mut self, b: Backend) -> Result<BackendId, PoolError> {
+        if b.name.is_empty() {
+            return Err(PoolError::EmptyName);
+        }
+        if self.members.iter().any(|m| m.name == b.name) {
+            return Err(PoolError::DuplicateName(b.name.to_string()));
+        }
+        let weight = check_weight(&b.name, b.weight)?;
+        if b.max_conns > u64::from(MAX_CONNS) {
+            return Err(PoolError::BadMaxConns {
+                name: b.name.to_string(),
+                max_conns: b.max_conns,
+            });
+        }
+        let id = BackendId::new(self.next_id);
+        self.next_id = self.next_id.checked_add(1).ok_or(PoolError::TooManyBackends)?;
+        let server = b.server.unwrap_or_else(|| Arc::from(b.addr.to_string()));
+        self.members.push(Member {
+            id,
+            name: b.name,
+            addr: b.addr,
+            server,
+            weight,
+            configured_weight: weight,
+            last_weight: weight,
+            health: b.health,
+            backup: b.backup,
+            max_conns: b.max_conns as u32,
+            counters: Counters::new(),
+        });
+        self.changes.push(Change::Added(id));
+        Ok(id)
+    }
+
+    /// Remove a backend; returns its counters.
+    pub fn remove(&mut self, id: BackendId) -> Result<Arc<Counters>, PoolError> {
+        let i = self
+            .members
+            .binary_search_by_key(&id, |m| m.id)
+            .map_err(|_| PoolError::UnknownBackend(id))?;
+        let m = self.members.remove(i);
+        self.overrides.retain(|(o, _)| *o != id);
+        self.changes.push(Change::Removed(id));
+        Ok(m.counters)
+    }
+
+    /// Set the configured weight.
+    pub fn set_weight(&mut self, id: BackendId, weight: u64) -> Result<(), PoolError> {
+        let over = self.overrides.iter().find(|(o, _)| *o == id).map(|(_, w)| *w);
+        let m = self.slot(id)?;
+        let w = check_weight(&m.name, weight)?;
+        m.configured_weight = w;
+        if w > 0 {
+            m.last_weight = w;
+        }
+        m.weight = over.unwrap_or(w);
+        self.changes.push(Change::Weight(id));
+        Ok(())
+    }
+
+    /// Set or clear the effective weight.
+    pub fn set_effective_weight(&mut self, id: BackendId, weight: Option<u64>) -> Result<(), PoolError> {
+        let m = self.slot(id)?;
+        let w = weight.map(|w| check_weight(&m.name, w)).transpose()?;
+        m.weight = w.unwrap_or(m.configured_weight);
+        self.overrides.retain(|(o, _)| *o != id);
+        if let Some(w) = w {
+            self.overrides.push((id, w));
+        }
+        self.changes.push(Change::Weight(id));
+        Ok(())
+    }
+
+    /// Set the health.
+    pub fn set_health(&mut self, id: BackendId, health: Health) -> Result<(), PoolError> {
+        let m = self.slot(id)?;
+        if m.health != health {
+            m.health = health;
+            self.changes.push(Change::Health(id));
+        }
+        Ok(())
+    }
+
+    /// Set the backup flag.
+    pub fn set_backup(&mut self, id: BackendId, backup: bool) -> Result<(), PoolError> {
+        let m = self.slot(id)?;
+        m.backup = backup;
+        self.changes.push(Change::Settings(id));
+        Ok(())
+    }
+
+    /// Set the connection limit.
+    pub fn set_max_conns(&mut self, id: BackendId, max_conns: u64) -> Result<(), PoolError> {
+        let m = self.slot(id)?;
+        if max_conns > u64::from(MAX_CONNS) {
+            return Err(PoolError::BadMaxConns {
+                name: m.name.to_string(),
+                max_conns,
+            });
+        }
+        m.max_conns = max_conns as u32;
+        self.changes.push(Change::Settings(id));
+        Ok(())
+    }
+}

@@ -1,0 +1,184 @@
+//! Building schedulers by name, as `ipvsadm -s NAME -b FLAGS` and nginx's
+//! upstream methods name them.
+
+use std::str::FromStr;
+
+use crate::error::SchedError;
+use crate::BoxScheduler;
+
+/// One scheduler the registry can build.
+struct Entry {
+    name: &'static str,
+    /// The flags and parameters it takes, for error messages and `--help`.
+    accepted: &'static str,
+    /// One line for tables and `--help`.
+    summary: &'static str,
+    make: fn(&mut Args<'_>) -> Result<BoxScheduler, SchedError>,
+}
+
+static REGISTRY: &[Entry] = &[
+    Entry {
+        name: "rr",
+        accepted: "nothing",
+        summary: "round robin: the next eligible backend in pool order (LVS rr)",
+        make: |_| Ok(Box::new(crate::rr::RoundRobin::new())),
+    },
+    Entry {
+        name: "wrr",
+        accepted: "nothing",
+        summary: "smooth weighted round robin, nginx's default (honours backup, max_conns)",
+        make: |_| Ok(Box::new(crate::wrr::SmoothWrr::new())),
+    },
+];
+
+/// The names the registry knows, in the order of its table.
+pub const NAMES: &[&str] = &["rr", "wrr"];
+
+/// `(name, accepted options, one-line summary)` of every scheduler.
+pub fn catalogue() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
+    REGISTRY.iter().map(|e| (e.name, e.accepted, e.summary))
+}
+
+/// Build a scheduler from a spec: its name, then flags and `key=value`
+/// parameters, separated by whitespace.
+///
+/// ```
+/// let s = lb_sched::build("rr").unwrap();
+/// assert_eq!(s.name(), "rr");
+/// let e = lb_sched::build("wlcx").unwrap_err();
+/// assert!(e.to_string().contains("unknown scheduler"));
+/// ```
+pub fn build(spec: &str) -> Result<BoxScheduler, SchedError> {
+    let mut words = spec.split_whitespace();
+    let name = words.next().unwrap_or("");
+    let options: Vec<&str> = words.collect();
+    build_with(name, &options)
+}
+
+/// Build a scheduler from its name and options (`"port"`, `"expire=600"`).
+pub fn build_with(name: &str, options: &[&str]) -> Result<BoxScheduler, SchedError> {
+    let entry = REGISTRY
+        .iter()
+        .find(|e| e.name == name)
+        .ok_or_else(|| SchedError::UnknownScheduler {
+            name: name.to_owned(),
+        })?;
+    let mut args = Args::new(entry.name, entry.accepted, options)?;
+    let sched = (entry.make)(&mut args)?;
+    args.finish()?;
+    Ok(sched)
+}
+
+/// The options given to one scheduler, consumed by its constructor.
+#[derive(Debug)]
+pub struct Args<'a> {
+    sched: &'static str,
+    accepted: &'static str,
+    items: Vec<(&'a str, Option<&'a str>, bool)>,
+}
+
+impl<'a> Args<'a> {
+    fn new(sched: &'static str, accepted: &'static str, options: &[&'a str]) -> Result<Self, SchedError> {
+        let mut items: Vec<(&'a str, Option<&'a str>, bool)> = Vec::new();
+        for opt in options {
+            let (key, value) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (*opt, None),
+            };
+            if items.iter().any(|(k, _, _)| *k == key) {
+                return Err(SchedError::Repeated {
+                    sched,
+                    option: (*opt).to_owned(),
+                });
+            }
+            items.push((key, value, false));
+        }
+        Ok(Args {
+            sched,
+            accepted,
+            items,
+        })
+    }
+
+    /// The scheduler's name.
+    pub fn sched(&self) -> &'static str {
+        self.sched
+    }
+
+    /// Whether the flag `name` was given (a bare word).
+    pub fn flag(&mut self, name: &str) -> bool {
+        for item in &mut self.items {
+            if item.0 == name && item.1.is_none() {
+                item.2 = true;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The value of parameter `key`, parsed and checked by `ok`.
+    pub fn value<T: FromStr>(
+        &mut self,
+        key: &'static str,
+        expected: &'static str,
+        ok: impl Fn(&T) -> bool,
+    ) -> Result<Option<T>, SchedError> {
+        let sched = self.sched;
+        for item in &mut self.items {
+            if item.0 == key {
+                if let Some(v) = item.1 {
+                    item.2 = true;
+                    return match v.parse::<T>() {
+                        Ok(t) if ok(&t) => Ok(Some(t)),
+                        _ => Err(SchedError::BadValue {
+                            sched,
+                            key,
+                            value: v.to_owned(),
+                            expected,
+                        }),
+                    };
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Fail on the first option no one consumed.
+    fn finish(self) -> Result<(), SchedError> {
+        match self.items.iter().find(|i| !i.2) {
+            None => Ok(()),
+            Some((k, v, _)) => Err(SchedError::UnknownOption {
+                sched: self.sched,
+                option: match v {
+                    Some(v) => format!("{k}={v}"),
+                    None => (*k).to_owned(),
+                },
+                accepted: self.accepted,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_builds_and_reports_its_name() {
+        for name in NAMES {
+            let s = build(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(s.name(), *name);
+        }
+        assert_eq!(NAMES.len(), REGISTRY.len());
+    }
+
+    #[test]
+    fn unknown_names_and_options_are_refused_clearly() {
+        let e = build("nope").unwrap_err();
+        assert!(matches!(e, SchedError::UnknownScheduler { .. }));
+        let e = build("rr port").unwrap_err();
+        assert!(e.to_string().contains("\"port\""), "{e}");
+        let e = build("").unwrap_err();
+        assert!(matches!(e, SchedError::UnknownScheduler { .. }));
+    }
+}

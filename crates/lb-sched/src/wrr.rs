@@ -1,0 +1,108 @@
+//! `wrr`: nginx's smooth weighted round robin
+//! (`ngx_http_upstream_round_robin.c`), with backup servers and `max_conns`.
+
+use parking_lot::Mutex;
+
+use lb_core::{Change, Ctx, Member, Pick, Snapshot, Tables};
+
+use crate::trace::{pick_via_select, why, Load, Trace};
+use crate::{Features, Scheduler};
+
+/// The signed `current` weight of every backend of a snapshot, by position.
+///
+/// Shared by the nginx-family schedulers: reset to zero by any weight or
+/// membership change, carried over unchanged by a health change.
+#[derive(Debug)]
+pub(crate) struct Currents(pub(crate) Mutex<Vec<i64>>);
+
+impl Currents {
+    /// Tables for `next`: the previous values on a health-only change,
+    /// zeros otherwise.
+    pub(crate) fn prepare(next: &Snapshot, prev: Option<&Snapshot>, change: Change) -> Tables {
+        if change.is_health_only() {
+            if let Some(t) = prev.and_then(|p| p.raw_tables()) {
+                if t.downcast_ref::<Currents>().is_some() {
+                    return t.clone();
+                }
+            }
+        }
+        std::sync::Arc::new(Currents(Mutex::new(vec![0; next.len()])))
+    }
+}
+
+/// One step of smooth weighted round robin over the members for which
+/// `candidate` holds, in pool order: every usable candidate adds its weight
+/// to its `current`; the largest `current` (first on ties) wins and gives
+/// back the sum of the weights. Returns the winner's position.
+pub(crate) fn swrr_step<T: Trace>(
+    members: &[Member],
+    current: &mut [i64],
+    ctx: &Ctx<'_>,
+    mut candidate: impl FnMut(&Member) -> bool,
+    t: &mut T,
+) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    let mut total: i64 = 0;
+    for (i, m) in members.iter().enumerate() {
+        if !candidate(m) || !ctx.usable(m) {
+            continue;
+        }
+        let w = i64::from(m.weight());
+        current[i] += w;
+        total += w;
+        why!(t, "  {} current={}", Load(m), current[i]);
+        if best.is_none_or(|b| current[i] > current[b]) {
+            best = Some(i);
+        }
+    }
+    let b = best?;
+    current[b] -= total;
+    why!(t, "rule: smooth wrr: largest current wins (first on ties), minus total {total} -> {}", members[b].name());
+    Some(b)
+}
+
+/// nginx's default balancing: smooth weighted round robin over the primary
+/// backends, and over the backups only when no primary is usable.
+///
+/// Weights 5, 1, 1 give `a a b a c a a`; over any window of sum-of-weights
+/// picks with static weights each backend gets exactly its weight.
+#[derive(Debug, Default)]
+pub struct SmoothWrr;
+
+impl SmoothWrr {
+    /// A new smooth weighted round robin.
+    pub fn new() -> Self {
+        SmoothWrr
+    }
+
+    fn select<'s, T: Trace>(&self, snap: &'s Snapshot, ctx: &Ctx<'_>, t: &mut T) -> Option<Pick<'s>> {
+        let currents = snap.tables::<Currents>()?;
+        let members = snap.members();
+        let mut current = currents.0.lock();
+        why!(t, "wrr: primaries");
+        let i = swrr_step(members, &mut current, ctx, |m| !m.is_backup(), t).or_else(|| {
+            why!(t, "wrr: no primary usable; backups");
+            swrr_step(members, &mut current, ctx, |m| m.is_backup(), t)
+        })?;
+        Some(Pick::new(&members[i]))
+    }
+}
+
+impl Scheduler for SmoothWrr {
+    fn name(&self) -> &'static str {
+        "wrr"
+    }
+
+    fn prepare(&self, next: &Snapshot, prev: Option<&Snapshot>, change: Change) -> Option<Tables> {
+        Some(Currents::prepare(next, prev, change))
+    }
+
+    fn features(&self) -> Features {
+        Features {
+            backup: true,
+            max_conns: true,
+        }
+    }
+
+    pick_via_select!();
+}
