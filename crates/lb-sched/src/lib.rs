@@ -32,11 +32,14 @@
 //! ```
 
 use std::fmt;
+use std::time::Duration;
 
-use lb_core::{Change, Ctx, Pick, Snapshot, Tables};
+use lb_core::{BackendId, Change, Ctx, Outcome, Pick, Snapshot, Tables};
 
 mod balancer;
 mod error;
+mod ewma;
+mod p2c;
 mod registry;
 mod rng;
 mod rr;
@@ -45,6 +48,8 @@ mod wrr;
 
 pub use balancer::{Balancer, Conn};
 pub use error::SchedError;
+pub use ewma::PeakEwma;
+pub use p2c::P2c;
 pub use registry::{build, build_with, catalogue, Args, NAMES};
 pub use rr::RoundRobin;
 pub use trace::{Explain, NoTrace, Trace};
@@ -90,6 +95,22 @@ pub trait Scheduler: Send + Sync + fmt::Debug {
     /// The same decision as [`pick`](Self::pick), explained: the candidates'
     /// loads and weights and the rule that decided are written to `why`.
     fn explain<'s>(&self, snap: &'s Snapshot, ctx: &Ctx<'_>, why: &mut Explain) -> Option<Pick<'s>>;
+
+    /// Learn how an attempt on `backend` ended: `latency` after it began, at
+    /// `now` on the clock of [`Ctx::now`]. Latency-aware schedulers
+    /// (`peak_ewma`) update their estimates here; the others ignore it.
+    /// Forwarders call it through [`Balancer::observe`]; it runs on the
+    /// forwarding path, so it must be quick and must not block.
+    fn observe(
+        &self,
+        snap: &Snapshot,
+        backend: BackendId,
+        outcome: Outcome,
+        latency: Duration,
+        now: Duration,
+    ) {
+        let _ = (snap, backend, outcome, latency, now);
+    }
 
     /// The pool features this scheduler honours.
     fn features(&self) -> Features {

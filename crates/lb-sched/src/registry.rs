@@ -2,6 +2,7 @@
 //! upstream methods name them.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use crate::error::SchedError;
 use crate::BoxScheduler;
@@ -29,10 +30,41 @@ static REGISTRY: &[Entry] = &[
         summary: "smooth weighted round robin, nginx's default (honours backup, max_conns)",
         make: |_| Ok(Box::new(crate::wrr::SmoothWrr::new())),
     },
+    Entry {
+        name: "p2c",
+        accepted: "seed=N",
+        summary: "weighted power of two choices: of two drawn by weight, fewer conns/weight wins",
+        make: |a| Ok(Box::new(crate::p2c::P2c::with_seed(seed(a)?))),
+    },
+    Entry {
+        name: "peak_ewma",
+        accepted: "decay=SECONDS, default_rtt=MS, seed=N",
+        summary: "peak-EWMA latency * (in-flight + 1), by power of two choices (tower, Finagle)",
+        make: |a| {
+            let decay = a.value::<f64>("decay", "seconds, > 0 and at most 86400", |v| {
+                *v > 0.0 && *v <= 86_400.0
+            })?;
+            let rtt = a.value::<u64>("default_rtt", "milliseconds, 1..=3600000", |v| {
+                (1..=3_600_000).contains(v)
+            })?;
+            Ok(Box::new(crate::ewma::PeakEwma::with_seed(
+                Duration::from_secs_f64(decay.unwrap_or(10.0)),
+                Duration::from_millis(rtt.unwrap_or(30)),
+                seed(a)?,
+            )))
+        },
+    },
 ];
 
 /// The names the registry knows, in the order of its table.
-pub const NAMES: &[&str] = &["rr", "wrr"];
+pub const NAMES: &[&str] = &["rr", "wrr", "p2c", "peak_ewma"];
+
+/// The `seed=N` of a randomised scheduler, or the default seed.
+fn seed(args: &mut Args<'_>) -> Result<u64, SchedError> {
+    Ok(args
+        .value::<u64>("seed", "an unsigned 64-bit integer", |_| true)?
+        .unwrap_or(crate::rng::DEFAULT_SEED))
+}
 
 /// `(name, accepted options, one-line summary)` of every scheduler.
 pub fn catalogue() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
