@@ -13,7 +13,7 @@
 //! ends its stream gets its FIN passed on while the other direction carries
 //! on) until both directions end, one fails, or nothing moves for the idle
 //! timeout. The connection is held in the backend's live counters for its
-//! whole life by a [`ConnGuard`]: active while both directions are open,
+//! whole life by a [`ConnGuard`](lb_core::ConnGuard): active while both directions are open,
 //! inactive once one side has closed (as LVS counts a TCP connection that
 //! has left ESTABLISHED), gone when it closes; bytes are added to the
 //! counters as they move.
