@@ -57,6 +57,25 @@ fn equal_loads_give_shares_proportional_to_weight() {
 }
 
 #[test]
+fn held_connections_settle_in_proportion_to_weight() {
+    let weights = [1, 2, 3];
+    for spec in ["p2c seed=11", "peak_ewma seed=11"] {
+        let pool = pool_of(&weights);
+        let lb = Balancer::new(pool.clone(), lb_sched::build(spec).unwrap());
+        let held: Vec<_> = (0..600).map(|_| lb.connect(&client()).unwrap()).collect();
+        let conns: Vec<u64> = pool.load().members().iter().map(|m| m.conns()).collect();
+        // Every pick compares conns/weight, so no backend drifts far from
+        // its share of 100 per unit of weight.
+        for (c, w) in conns.iter().zip(weights) {
+            let per_weight = *c as f64 / w as f64;
+            assert!((90.0..=110.0).contains(&per_weight), "{spec}: {conns:?}");
+        }
+        drop(held);
+        assert!(pool.load().members().iter().all(|m| m.conns() == 0));
+    }
+}
+
+#[test]
 fn p2c_prefers_the_less_loaded_per_unit_of_weight() {
     // Two backends: both are always drawn, so the comparison decides.
     let pool = pool_of(&[1, 3]);
