@@ -131,6 +131,10 @@ async fn bytes_are_echoed_through_the_proxy_and_counted() {
         "name line + echo"
     );
     assert_eq!((m.counters().total(), m.counters().successes()), (1, 1));
+    assert!(
+        m.counters().latency_ewma_us() > 0,
+        "the connect latency is recorded"
+    );
 }
 
 /// A backend that reads the whole request (until the client's FIN), then
@@ -270,6 +274,55 @@ async fn with_every_backend_down_the_client_is_closed_at_once() {
         "no attempt on backends that are down"
     );
     all_closed(&pool).await;
+}
+
+#[tokio::test]
+async fn attempts_per_client_connection_are_bounded() {
+    let mut dead = Vec::new();
+    for name in ["w", "x", "y", "z"] {
+        dead.push((name, dead_addr().await));
+    }
+    let pool = pool_of(&dead);
+    let rec = Arc::new(Recorder::default());
+    let lb = Balancer::new(pool.clone(), lb_sched::build("rr").unwrap());
+    let proxy = TcpProxy::new(lb)
+        .with_observer(rec.clone())
+        .with_max_tries(2);
+    let proxy = start(proxy, "127.0.0.1:0").await;
+    assert_closed_promptly(proxy).await;
+    let tried: Vec<BackendId> = rec.outcomes().iter().map(|(id, _)| *id).collect();
+    let ids: Vec<BackendId> = pool.load().members().iter().map(|m| m.id()).collect();
+    assert_eq!(tried, ids[..2], "two attempts, on two different backends");
+}
+
+#[tokio::test]
+async fn the_proxy_is_a_tower_service_over_accepted_connections() {
+    use tower_service::Service;
+    let pool = pool_of(&[("a", echo_backend("a", "127.0.0.1:0").await)]);
+    let mut proxy = TcpProxy::new(Balancer::new(pool.clone(), lb_sched::build("rr").unwrap()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap());
+    let (accepted, client) = tokio::join!(listener.accept(), client);
+    let mut client = client.unwrap();
+    std::future::poll_fn(|cx| proxy.poll_ready(cx))
+        .await
+        .unwrap();
+    let session = tokio::spawn(proxy.call(accepted.unwrap()));
+    client.write_all(b"ping").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    timeout(PATIENCE, client.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"a\nping");
+    let session = timeout(PATIENCE, session).await.unwrap().unwrap().unwrap();
+    assert_eq!((&*session.name, session.attempts), ("a", 1));
+    assert_eq!(
+        (session.moved.to_backend, session.moved.from_backend),
+        (4, 6)
+    );
+    assert_eq!(session.moved.end, End::Closed);
 }
 
 #[tokio::test]
