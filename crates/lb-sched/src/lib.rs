@@ -89,7 +89,8 @@ pub trait Scheduler: Send + Sync + fmt::Debug {
 
     /// The same decision as [`pick`](Self::pick), explained: the candidates'
     /// loads and weights and the rule that decided are written to `why`.
-    fn explain<'s>(&self, snap: &'s Snapshot, ctx: &Ctx<'_>, why: &mut Explain) -> Option<Pick<'s>>;
+    fn explain<'s>(&self, snap: &'s Snapshot, ctx: &Ctx<'_>, why: &mut Explain)
+        -> Option<Pick<'s>>;
 
     /// The pool features this scheduler honours.
     fn features(&self) -> Features {

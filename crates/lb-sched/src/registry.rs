@@ -57,12 +57,13 @@ pub fn build(spec: &str) -> Result<BoxScheduler, SchedError> {
 
 /// Build a scheduler from its name and options (`"port"`, `"expire=600"`).
 pub fn build_with(name: &str, options: &[&str]) -> Result<BoxScheduler, SchedError> {
-    let entry = REGISTRY
-        .iter()
-        .find(|e| e.name == name)
-        .ok_or_else(|| SchedError::UnknownScheduler {
-            name: name.to_owned(),
-        })?;
+    let entry =
+        REGISTRY
+            .iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| SchedError::UnknownScheduler {
+                name: name.to_owned(),
+            })?;
     let mut args = Args::new(entry.name, entry.accepted, options)?;
     let sched = (entry.make)(&mut args)?;
     args.finish()?;
@@ -78,7 +79,11 @@ pub struct Args<'a> {
 }
 
 impl<'a> Args<'a> {
-    fn new(sched: &'static str, accepted: &'static str, options: &[&'a str]) -> Result<Self, SchedError> {
+    fn new(
+        sched: &'static str,
+        accepted: &'static str,
+        options: &[&'a str],
+    ) -> Result<Self, SchedError> {
         let mut items: Vec<(&'a str, Option<&'a str>, bool)> = Vec::new();
         for opt in options {
             let (key, value) = match opt.split_once('=') {

@@ -11,7 +11,9 @@ use lb_core::{Backend, Counters, Ctx, Health, Pool};
 use lb_sched::Balancer;
 
 fn addr(i: usize) -> std::net::SocketAddr {
-    format!("10.0.{}.{}:80", i / 250, i % 250 + 1).parse().unwrap()
+    format!("10.0.{}.{}:80", i / 250, i % 250 + 1)
+        .parse()
+        .unwrap()
 }
 
 fn churn(name: &str) {
@@ -24,8 +26,13 @@ fn churn(name: &str) {
     let stop = AtomicBool::new(false);
     let picks = AtomicU64::new(0);
     // Counters of every backend ever added, to check them at the end.
-    let all: parking_lot::Mutex<Vec<Arc<Counters>>> =
-        parking_lot::Mutex::new(pool.load().members().iter().map(|m| m.counters().clone()).collect());
+    let all: parking_lot::Mutex<Vec<Arc<Counters>>> = parking_lot::Mutex::new(
+        pool.load()
+            .members()
+            .iter()
+            .map(|m| m.counters().clone())
+            .collect(),
+    );
 
     std::thread::scope(|s| {
         for t in 0..3u32 {
@@ -45,7 +52,10 @@ fn churn(name: &str) {
                     if let Some(p) = lb.scheduler().pick(&snap, &ctx) {
                         // Persistence-free schedulers only pick what the
                         // snapshot calls eligible.
-                        assert!(p.member().weight() > 0 && p.member().is_up(), "{name} picked an ineligible backend");
+                        assert!(
+                            p.member().weight() > 0 && p.member().is_up(),
+                            "{name} picked an ineligible backend"
+                        );
                         let mut g = p.connect();
                         if n % 3 == 0 {
                             g.idle();
@@ -69,7 +79,14 @@ fn churn(name: &str) {
                 match round % 5 {
                     0 => pool.set_weight(id, round % 5).unwrap(),
                     1 => pool
-                        .set_health(id, if round % 2 == 0 { Health::Up } else { Health::Down })
+                        .set_health(
+                            id,
+                            if round % 2 == 0 {
+                                Health::Up
+                            } else {
+                                Health::Down
+                            },
+                        )
                         .unwrap(),
                     2 if ids.len() > 4 => {
                         pool.remove(id).unwrap();
@@ -77,7 +94,8 @@ fn churn(name: &str) {
                     _ => {
                         let b = Backend::new(format!("n{round}"), addr(100 + round as usize));
                         let nid = pool.add(b.with_weight(1 + round % 3)).unwrap();
-                        all.lock().push(pool.load().get(nid).unwrap().counters().clone());
+                        all.lock()
+                            .push(pool.load().get(nid).unwrap().counters().clone());
                     }
                 }
                 std::thread::yield_now();
@@ -86,7 +104,10 @@ fn churn(name: &str) {
         });
     });
 
-    assert!(picks.load(Ordering::Relaxed) > 0, "{name}: some picks succeeded");
+    assert!(
+        picks.load(Ordering::Relaxed) > 0,
+        "{name}: some picks succeeded"
+    );
     for c in all.lock().iter() {
         assert_eq!(c.load(), (0, 0), "{name}: counters return to zero");
     }

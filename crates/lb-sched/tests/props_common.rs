@@ -22,12 +22,14 @@ struct Spec {
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
-    (0u64..4, prop::bool::weighted(0.8), 0u8..4, 0u8..3).prop_map(|(weight, up, active, inactive)| Spec {
-        weight,
-        up,
-        active,
-        inactive,
-    })
+    (0u64..4, prop::bool::weighted(0.8), 0u8..4, 0u8..3).prop_map(
+        |(weight, up, active, inactive)| Spec {
+            weight,
+            up,
+            active,
+            inactive,
+        },
+    )
 }
 
 fn check(name: &str, specs: &[Spec], clients: &[(u32, u16)]) -> Result<(), TestCaseError> {
@@ -35,8 +37,12 @@ fn check(name: &str, specs: &[Spec], clients: &[(u32, u16)]) -> Result<(), TestC
     for (i, s) in specs.iter().enumerate() {
         let addr = format!("10.0.0.{}:80", i + 1).parse().unwrap();
         let health = if s.up { Health::Up } else { Health::Down };
-        pool.add(Backend::new(format!("b{i}"), addr).with_weight(s.weight).with_health(health))
-            .unwrap();
+        pool.add(
+            Backend::new(format!("b{i}"), addr)
+                .with_weight(s.weight)
+                .with_health(health),
+        )
+        .unwrap();
     }
     let mut guards: Vec<ConnGuard> = Vec::new();
     for (m, s) in pool.load().members().iter().zip(specs) {

@@ -10,7 +10,8 @@ fn pool_with(weights: &[u64]) -> Pool {
     let pool = Pool::new();
     for (i, w) in weights.iter().enumerate() {
         let addr = format!("10.0.0.{}:80", i + 1).parse().unwrap();
-        pool.add(Backend::new(format!("b{i}"), addr).with_weight(*w)).unwrap();
+        pool.add(Backend::new(format!("b{i}"), addr).with_weight(*w))
+            .unwrap();
     }
     pool
 }
@@ -79,7 +80,9 @@ fn wrr_vectors_from_nginx() {
         (&[3, 2, 1], "abacbaabacba"),
     ] {
         let lb = Balancer::new(pool_with(weights), lb_sched::build("wrr").unwrap());
-        let names: HashMap<String, char> = (0..weights.len()).map(|i| (format!("b{i}"), (b'a' + i as u8) as char)).collect();
+        let names: HashMap<String, char> = (0..weights.len())
+            .map(|i| (format!("b{i}"), (b'a' + i as u8) as char))
+            .collect();
         let got: String = (0..expect.len())
             .map(|_| names[&*lb.connect(&ctx()).unwrap().name])
             .collect();
