@@ -37,19 +37,27 @@ use lb_core::{Change, Ctx, Pick, Snapshot, Tables};
 
 mod balancer;
 mod error;
+mod fo;
 mod hash;
+mod lblc;
+mod lc;
 mod registry;
 mod rng;
 mod rr;
 mod trace;
+mod twos;
 mod wrr;
 
 pub use balancer::{Balancer, Conn};
 pub use error::SchedError;
+pub use fo::{WeightedFailover, WeightedOverflow};
 pub use hash::{DestHash, Maglev, SourceHash};
+pub use lblc::{LocalityLeastConn, LocalityReplicated, DEFAULT_EXPIRE};
+pub use lc::{LeastConn, NeverQueue, ShortestExpectedDelay, WeightedLeastConn};
 pub use registry::{build, build_with, catalogue, Args, NAMES};
 pub use rr::RoundRobin;
 pub use trace::{Explain, NoTrace, Trace};
+pub use twos::TwoChoices;
 pub use wrr::SmoothWrr;
 
 /// What a scheduler honours beyond up/down and weight.

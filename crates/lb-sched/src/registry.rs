@@ -67,10 +67,82 @@ static REGISTRY: &[Entry] = &[
             Ok(Box::new(sched))
         },
     },
+    Entry {
+        name: "lc",
+        accepted: "nothing",
+        summary: "least connection: the least 256*active+inactive (LVS lc)",
+        make: |_| Ok(Box::new(crate::lc::LeastConn::new())),
+    },
+    Entry {
+        name: "wlc",
+        accepted: "nothing",
+        summary: "weighted least connection: the least (256*active+inactive)/weight (LVS wlc, ipvsadm's default)",
+        make: |_| Ok(Box::new(crate::lc::WeightedLeastConn::new())),
+    },
+    Entry {
+        name: "sed",
+        accepted: "nothing",
+        summary: "shortest expected delay: the least (active+1)/weight (LVS sed)",
+        make: |_| Ok(Box::new(crate::lc::ShortestExpectedDelay::new())),
+    },
+    Entry {
+        name: "nq",
+        accepted: "nothing",
+        summary: "never queue: the first backend with no active connection, else as sed (LVS nq)",
+        make: |_| Ok(Box::new(crate::lc::NeverQueue::new())),
+    },
+    Entry {
+        name: "lblc",
+        accepted: "expire=SECONDS",
+        summary: "locality-based least connection: one backend per destination IP, else wlc (LVS lblc)",
+        make: |args| {
+            let expire = expire(args)?;
+            Ok(Box::new(crate::lblc::LocalityLeastConn::with_expire(expire)))
+        },
+    },
+    Entry {
+        name: "lblcr",
+        accepted: "expire=SECONDS",
+        summary: "lblc with replication: a set of backends per destination IP, else wlc (LVS lblcr)",
+        make: |args| {
+            let expire = expire(args)?;
+            Ok(Box::new(crate::lblc::LocalityReplicated::with_expire(expire)))
+        },
+    },
+    Entry {
+        name: "fo",
+        accepted: "nothing",
+        summary: "weighted failover: the eligible backend of highest weight (LVS fo)",
+        make: |_| Ok(Box::new(crate::fo::WeightedFailover::new())),
+    },
+    Entry {
+        name: "ovf",
+        accepted: "nothing",
+        summary: "weighted overflow: the highest weight among backends with active <= weight (LVS ovf)",
+        make: |_| Ok(Box::new(crate::fo::WeightedOverflow::new())),
+    },
+    Entry {
+        name: "twos",
+        accepted: "seed=N",
+        summary: "power of two choices: two weighted random draws, the less loaded wins (LVS twos)",
+        make: |args| {
+            let seed = args.value::<u64>("seed", "an integer, 0..2^64", |_| true)?;
+            let seed = seed.unwrap_or(crate::rng::DEFAULT_SEED);
+            Ok(Box::new(crate::twos::TwoChoices::with_seed(seed)))
+        },
+    },
 ];
 
+/// The `expire=SECONDS` parameter of lblc and lblcr (default 24 h).
+fn expire(args: &mut Args<'_>) -> Result<std::time::Duration, SchedError> {
+    let secs = args.value::<u64>("expire", "seconds, 1..", |v| *v > 0)?;
+    Ok(secs.map_or(crate::lblc::DEFAULT_EXPIRE, std::time::Duration::from_secs))
+}
+
 /// The names the registry knows, in the order of its table.
-pub const NAMES: &[&str] = &["rr", "wrr", "sh", "dh", "mh"];
+pub const NAMES: &[&str] = &[
+    "rr", "wrr", "lc", "wlc", "sed", "nq", "lblc", "lblcr", "sh", "dh", "mh", "fo", "ovf", "twos",
+];
 
 /// `(name, accepted options, one-line summary)` of every scheduler.
 pub fn catalogue() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
