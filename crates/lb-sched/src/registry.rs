@@ -29,10 +29,64 @@ static REGISTRY: &[Entry] = &[
         summary: "smooth weighted round robin, nginx's default (honours backup, max_conns)",
         make: |_| Ok(Box::new(crate::wrr::SmoothWrr::new())),
     },
+    Entry {
+        name: "least_conn",
+        accepted: "nothing",
+        summary: "nginx least_conn: least conns/weight, ties by smooth wrr (honours backup, max_conns)",
+        make: |_| Ok(Box::new(crate::nginx::NginxLeastConn::new())),
+    },
+    Entry {
+        name: "ip_hash",
+        accepted: "nothing",
+        summary: "nginx ip_hash: the client's /24 (IPv6: whole address) picks by weight (honours max_conns)",
+        make: |_| Ok(Box::new(crate::nginx::IpHash::new())),
+    },
+    Entry {
+        name: "hash",
+        accepted: "the flag consistent",
+        summary: "nginx hash $key; with consistent, the ketama ring (honours max_conns)",
+        make: |args| {
+            Ok(if args.flag("consistent") {
+                Box::new(crate::nginx::ConsistentHash::new())
+            } else {
+                Box::new(crate::nginx::KeyHash::new())
+            })
+        },
+    },
+    Entry {
+        name: "random",
+        accepted: RANDOM_ACCEPTS,
+        summary: "nginx random, or random two [least_conn]: two draws, the less loaded (honours max_conns)",
+        make: make_random,
+    },
 ];
 
+const RANDOM_ACCEPTS: &str = "the flag two, then optionally least_conn; seed=N";
+const SEED_RANGE: &str = "a decimal integer 0..=18446744073709551615";
+
+fn make_random(args: &mut Args<'_>) -> Result<BoxScheduler, SchedError> {
+    let two = args.flag("two");
+    if args.flag("least_conn") && !two {
+        return Err(SchedError::UnknownOption {
+            sched: args.sched(),
+            option: "least_conn".to_owned(),
+            accepted: "least_conn only after two (random two least_conn); two; seed=N",
+        });
+    }
+    let seed = args.value::<u64>("seed", SEED_RANGE, |_| true)?;
+    let sched = if two {
+        crate::nginx::NginxRandom::two()
+    } else {
+        crate::nginx::NginxRandom::new()
+    };
+    Ok(Box::new(match seed {
+        Some(seed) => sched.with_seed(seed),
+        None => sched,
+    }))
+}
+
 /// The names the registry knows, in the order of its table.
-pub const NAMES: &[&str] = &["rr", "wrr"];
+pub const NAMES: &[&str] = &["rr", "wrr", "least_conn", "ip_hash", "hash", "random"];
 
 /// `(name, accepted options, one-line summary)` of every scheduler.
 pub fn catalogue() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
