@@ -1,1 +1,3 @@
 //! lb-proxy
+
+pub mod nginx_conf;

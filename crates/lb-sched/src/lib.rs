@@ -37,6 +37,7 @@ use lb_core::{Change, Ctx, Pick, Snapshot, Tables};
 
 mod balancer;
 mod error;
+mod hash;
 mod nginx;
 mod registry;
 mod rng;
@@ -46,6 +47,7 @@ mod wrr;
 
 pub use balancer::{Balancer, Conn};
 pub use error::SchedError;
+pub use hash::{DestHash, Maglev, SourceHash};
 pub use nginx::{ConsistentHash, IpHash, KeyHash, NginxLeastConn, NginxRandom};
 pub use registry::{build, build_with, catalogue, Args, NAMES};
 pub use rr::RoundRobin;
@@ -91,7 +93,8 @@ pub trait Scheduler: Send + Sync + fmt::Debug {
 
     /// The same decision as [`pick`](Self::pick), explained: the candidates'
     /// loads and weights and the rule that decided are written to `why`.
-    fn explain<'s>(&self, snap: &'s Snapshot, ctx: &Ctx<'_>, why: &mut Explain) -> Option<Pick<'s>>;
+    fn explain<'s>(&self, snap: &'s Snapshot, ctx: &Ctx<'_>, why: &mut Explain)
+        -> Option<Pick<'s>>;
 
     /// The pool features this scheduler honours.
     fn features(&self) -> Features {

@@ -30,6 +30,44 @@ static REGISTRY: &[Entry] = &[
         make: |_| Ok(Box::new(crate::wrr::SmoothWrr::new())),
     },
     Entry {
+        name: "sh",
+        accepted: "port, fallback, bits=4..20 (default 8)",
+        summary: "source hashing: the client IP (and port) picks a bucket of a weighted table (LVS sh)",
+        make: |args| {
+            let bits = args.value::<u32>("bits", "an integer from 4 to 20 (a table of 2^bits buckets)", |b| {
+                crate::SourceHash::BITS.contains(b)
+            })?;
+            let sched = crate::SourceHash::new()
+                .with_bits(bits.unwrap_or(crate::SourceHash::DEFAULT_BITS))?
+                .with_port(args.flag("port"))
+                .with_fallback(args.flag("fallback"));
+            Ok(Box::new(sched))
+        },
+    },
+    Entry {
+        name: "dh",
+        accepted: "nothing",
+        summary: "destination hashing: the destination IP picks one of 256 buckets, one per backend in turn (LVS dh)",
+        make: |_| Ok(Box::new(crate::DestHash::new())),
+    },
+    Entry {
+        name: "mh",
+        accepted: "port, fallback, table=251|509|1021|2039|4093|8191|16381|32749|65521|131071 (default 4093)",
+        summary: "Maglev hashing: consistent, a pool change moves only the slots it must (LVS mh)",
+        make: |args| {
+            let size = args.value::<u32>(
+                "table",
+                "one of the primes 251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071",
+                |m| crate::Maglev::SIZES.contains(m),
+            )?;
+            let sched = crate::Maglev::new()
+                .with_size(size.unwrap_or(crate::Maglev::DEFAULT_SIZE))?
+                .with_port(args.flag("port"))
+                .with_fallback(args.flag("fallback"));
+            Ok(Box::new(sched))
+        },
+    },
+    Entry {
         name: "least_conn",
         accepted: "nothing",
         summary: "nginx least_conn: least conns/weight, ties by smooth wrr (honours backup, max_conns)",
@@ -86,7 +124,17 @@ fn make_random(args: &mut Args<'_>) -> Result<BoxScheduler, SchedError> {
 }
 
 /// The names the registry knows, in the order of its table.
-pub const NAMES: &[&str] = &["rr", "wrr", "least_conn", "ip_hash", "hash", "random"];
+pub const NAMES: &[&str] = &[
+    "rr",
+    "wrr",
+    "sh",
+    "dh",
+    "mh",
+    "least_conn",
+    "ip_hash",
+    "hash",
+    "random",
+];
 
 /// `(name, accepted options, one-line summary)` of every scheduler.
 pub fn catalogue() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
@@ -111,12 +159,13 @@ pub fn build(spec: &str) -> Result<BoxScheduler, SchedError> {
 
 /// Build a scheduler from its name and options (`"port"`, `"expire=600"`).
 pub fn build_with(name: &str, options: &[&str]) -> Result<BoxScheduler, SchedError> {
-    let entry = REGISTRY
-        .iter()
-        .find(|e| e.name == name)
-        .ok_or_else(|| SchedError::UnknownScheduler {
-            name: name.to_owned(),
-        })?;
+    let entry =
+        REGISTRY
+            .iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| SchedError::UnknownScheduler {
+                name: name.to_owned(),
+            })?;
     let mut args = Args::new(entry.name, entry.accepted, options)?;
     let sched = (entry.make)(&mut args)?;
     args.finish()?;
@@ -132,7 +181,11 @@ pub struct Args<'a> {
 }
 
 impl<'a> Args<'a> {
-    fn new(sched: &'static str, accepted: &'static str, options: &[&'a str]) -> Result<Self, SchedError> {
+    fn new(
+        sched: &'static str,
+        accepted: &'static str,
+        options: &[&'a str],
+    ) -> Result<Self, SchedError> {
         let mut items: Vec<(&'a str, Option<&'a str>, bool)> = Vec::new();
         for opt in options {
             let (key, value) = match opt.split_once('=') {
