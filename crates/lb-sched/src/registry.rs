@@ -131,6 +131,36 @@ static REGISTRY: &[Entry] = &[
             Ok(Box::new(crate::twos::TwoChoices::with_seed(seed)))
         },
     },
+    Entry {
+        name: "least_conn",
+        accepted: "nothing",
+        summary: "nginx least_conn: least conns/weight, ties by smooth wrr (honours backup, max_conns)",
+        make: |_| Ok(Box::new(crate::nginx::NginxLeastConn::new())),
+    },
+    Entry {
+        name: "ip_hash",
+        accepted: "nothing",
+        summary: "nginx ip_hash: the client's /24 (IPv6: whole address) picks by weight (honours max_conns)",
+        make: |_| Ok(Box::new(crate::nginx::IpHash::new())),
+    },
+    Entry {
+        name: "hash",
+        accepted: "the flag consistent",
+        summary: "nginx hash $key; with consistent, the ketama ring (honours max_conns)",
+        make: |args| {
+            Ok(if args.flag("consistent") {
+                Box::new(crate::nginx::ConsistentHash::new())
+            } else {
+                Box::new(crate::nginx::KeyHash::new())
+            })
+        },
+    },
+    Entry {
+        name: "random",
+        accepted: RANDOM_ACCEPTS,
+        summary: "nginx random, or random two [least_conn]: two draws, the less loaded (honours max_conns)",
+        make: make_random,
+    },
 ];
 
 /// The `expire=SECONDS` parameter of lblc and lblcr (default 24 h).
@@ -139,9 +169,50 @@ fn expire(args: &mut Args<'_>) -> Result<std::time::Duration, SchedError> {
     Ok(secs.map_or(crate::lblc::DEFAULT_EXPIRE, std::time::Duration::from_secs))
 }
 
+const RANDOM_ACCEPTS: &str = "the flag two, then optionally least_conn; seed=N";
+const SEED_RANGE: &str = "a decimal integer 0..=18446744073709551615";
+
+fn make_random(args: &mut Args<'_>) -> Result<BoxScheduler, SchedError> {
+    let two = args.flag("two");
+    if args.flag("least_conn") && !two {
+        return Err(SchedError::UnknownOption {
+            sched: args.sched(),
+            option: "least_conn".to_owned(),
+            accepted: "least_conn only after two (random two least_conn); two; seed=N",
+        });
+    }
+    let seed = args.value::<u64>("seed", SEED_RANGE, |_| true)?;
+    let sched = if two {
+        crate::nginx::NginxRandom::two()
+    } else {
+        crate::nginx::NginxRandom::new()
+    };
+    Ok(Box::new(match seed {
+        Some(seed) => sched.with_seed(seed),
+        None => sched,
+    }))
+}
+
 /// The names the registry knows, in the order of its table.
 pub const NAMES: &[&str] = &[
-    "rr", "wrr", "lc", "wlc", "sed", "nq", "lblc", "lblcr", "sh", "dh", "mh", "fo", "ovf", "twos",
+    "rr",
+    "wrr",
+    "lc",
+    "wlc",
+    "sed",
+    "nq",
+    "lblc",
+    "lblcr",
+    "sh",
+    "dh",
+    "mh",
+    "fo",
+    "ovf",
+    "twos",
+    "least_conn",
+    "ip_hash",
+    "hash",
+    "random",
 ];
 
 /// `(name, accepted options, one-line summary)` of every scheduler.

@@ -40,7 +40,7 @@ fn churn(name: &str) {
             s.spawn(move || {
                 let mut open = Vec::new();
                 let mut n = 0u32;
-                while !stop.load(Ordering::Relaxed) && n < 200_000 {
+                while !stop.load(Ordering::Relaxed) && n < 30_000 {
                     n += 1;
                     let client = format!("192.0.{}.{}:{}", t, n % 200, 1024 + n % 5000);
                     let client = client.parse().unwrap();
