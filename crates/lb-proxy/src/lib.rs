@@ -5,4 +5,5 @@
 //!   next backend, copies both ways with half-close and an idle timeout, and
 //!   keeps the live counters and passive health informed.
 
+pub mod nginx_conf;
 pub mod tcp;

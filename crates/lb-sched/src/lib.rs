@@ -39,20 +39,32 @@ use lb_core::{BackendId, Change, Ctx, Outcome, Pick, Snapshot, Tables};
 mod balancer;
 mod error;
 mod ewma;
+mod fo;
+mod hash;
+mod lblc;
+mod lc;
+mod nginx;
 mod p2c;
 mod registry;
 mod rng;
 mod rr;
 mod trace;
+mod twos;
 mod wrr;
 
 pub use balancer::{Balancer, Conn};
 pub use error::SchedError;
 pub use ewma::PeakEwma;
+pub use fo::{WeightedFailover, WeightedOverflow};
+pub use hash::{DestHash, Maglev, SourceHash};
+pub use lblc::{LocalityLeastConn, LocalityReplicated, DEFAULT_EXPIRE};
+pub use lc::{LeastConn, NeverQueue, ShortestExpectedDelay, WeightedLeastConn};
+pub use nginx::{ConsistentHash, IpHash, KeyHash, NginxLeastConn, NginxRandom};
 pub use p2c::P2c;
 pub use registry::{build, build_with, catalogue, Args, NAMES};
 pub use rr::RoundRobin;
 pub use trace::{Explain, NoTrace, Trace};
+pub use twos::TwoChoices;
 pub use wrr::SmoothWrr;
 
 /// What a scheduler honours beyond up/down and weight.
@@ -94,7 +106,8 @@ pub trait Scheduler: Send + Sync + fmt::Debug {
 
     /// The same decision as [`pick`](Self::pick), explained: the candidates'
     /// loads and weights and the rule that decided are written to `why`.
-    fn explain<'s>(&self, snap: &'s Snapshot, ctx: &Ctx<'_>, why: &mut Explain) -> Option<Pick<'s>>;
+    fn explain<'s>(&self, snap: &'s Snapshot, ctx: &Ctx<'_>, why: &mut Explain)
+        -> Option<Pick<'s>>;
 
     /// Learn how an attempt on `backend` ended: `latency` after it began, at
     /// `now` on the clock of [`Ctx::now`]. Latency-aware schedulers
