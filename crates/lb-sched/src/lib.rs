@@ -37,6 +37,7 @@ use lb_core::{Change, Ctx, Pick, Snapshot, Tables};
 
 mod balancer;
 mod error;
+mod persist;
 mod registry;
 mod rng;
 mod rr;
@@ -45,6 +46,7 @@ mod wrr;
 
 pub use balancer::{Balancer, Conn};
 pub use error::SchedError;
+pub use persist::Persist;
 pub use registry::{build, build_with, catalogue, Args, NAMES};
 pub use rr::RoundRobin;
 pub use trace::{Explain, NoTrace, Trace};
