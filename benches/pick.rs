@@ -1,1 +1,139 @@
-fn main() {}
+//! ns per pick for every registered scheduler at 3, 100 and 10,000 backends,
+//! single-threaded and with two threads picking at once.
+//!
+//! `cargo bench --bench pick` (all), or e.g. `cargo bench --bench pick -- wlc/`
+//! for one scheduler. `LB_BENCH_QUICK=1` shortens the runs.
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use lb_core::{Backend, ConnGuard, Ctx, Pool};
+use lb_sched::Balancer;
+
+const SIZES: [usize; 3] = [3, 100, 10_000];
+/// Distinct clients, destinations and keys cycled through by the picks.
+const CLIENTS: usize = 1024;
+
+struct Fixture {
+    lb: Balancer,
+    clients: Vec<SocketAddr>,
+    dests: Vec<SocketAddr>,
+    keys: Vec<String>,
+    _load: Vec<ConnGuard>,
+}
+
+fn fixture(sched: &str, n: usize) -> Fixture {
+    let pool = Pool::new();
+    for i in 0..n {
+        let addr = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 80));
+        pool.add(Backend::new(format!("b{i}"), addr).with_weight(1 + (i % 4) as u64))
+            .expect("valid backend");
+    }
+    // Some standing load so least-connection schedulers compare real numbers.
+    let mut load = Vec::new();
+    for (i, m) in pool.load().members().iter().enumerate() {
+        for k in 0..(i * 7 % 5) {
+            let mut g = m.connect();
+            if k % 2 == 1 {
+                g.idle();
+            }
+            load.push(g);
+        }
+    }
+    let lb = Balancer::new(pool, lb_sched::build(sched).expect("registered scheduler"));
+    let clients = (0..CLIENTS)
+        .map(|i| SocketAddr::from(([192, 0, (i >> 8) as u8, i as u8], 1024 + i as u16)))
+        .collect();
+    let dests = (0..CLIENTS)
+        .map(|i| SocketAddr::from(([172, 16, (i >> 8) as u8, i as u8], 80)))
+        .collect();
+    let keys = (0..CLIENTS).map(|i| format!("/item/{i}")).collect();
+    Fixture {
+        lb,
+        clients,
+        dests,
+        keys,
+        _load: load,
+    }
+}
+
+impl Fixture {
+    #[inline]
+    fn pick(&self, i: usize) -> bool {
+        let k = i % CLIENTS;
+        let snap = self.lb.pool().load();
+        let ctx = Ctx::at(self.clients[k], Duration::from_secs(1))
+            .with_dest(self.dests[k])
+            .with_key(self.keys[k].as_bytes());
+        self.lb.scheduler().pick(&snap, &ctx).is_some()
+    }
+}
+
+fn quick() -> bool {
+    std::env::var_os("LB_BENCH_QUICK").is_some()
+}
+
+fn bench_single(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pick");
+    for name in lb_sched::NAMES {
+        for n in SIZES {
+            let f = fixture(name, n);
+            g.bench_with_input(BenchmarkId::new(*name, n), &f, |b, f| {
+                let mut i = 0usize;
+                b.iter(|| {
+                    i = i.wrapping_add(1);
+                    black_box(f.pick(i))
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn bench_two_threads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pick_2threads");
+    for name in lb_sched::NAMES {
+        for n in SIZES {
+            let f = fixture(name, n);
+            g.bench_with_input(BenchmarkId::new(*name, n), &f, |b, f| {
+                // Time per pick as each of two threads sees it while both pick.
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    std::thread::scope(|s| {
+                        for t in 0..2usize {
+                            s.spawn(move || {
+                                for i in 0..iters as usize {
+                                    black_box(f.pick(i.wrapping_mul(2).wrapping_add(t)));
+                                }
+                            });
+                        }
+                    });
+                    start.elapsed()
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn config() -> Criterion {
+    let c = Criterion::default().configure_from_args();
+    if quick() {
+        c.warm_up_time(Duration::from_millis(200))
+            .measurement_time(Duration::from_millis(500))
+            .sample_size(10)
+    } else {
+        c.warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(1))
+            .sample_size(20)
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_single, bench_two_threads
+}
+criterion_main!(benches);

@@ -99,16 +99,16 @@ impl Counters {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(sample) = latency_us {
-            let _ = self
-                .latency_ewma_us
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                    Some(if old == 0 {
-                        sample.max(1)
-                    } else {
-                        let next = (i64::from(old) * 7 + i64::from(sample)) / 8;
-                        next.clamp(1, i64::from(u32::MAX)) as u32
-                    })
-                });
+            let _ =
+                self.latency_ewma_us
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                        Some(if old == 0 {
+                            sample.max(1)
+                        } else {
+                            let next = (i64::from(old) * 7 + i64::from(sample)) / 8;
+                            next.clamp(1, i64::from(u32::MAX)) as u32
+                        })
+                    });
         }
     }
 
@@ -198,7 +198,10 @@ mod tests {
         assert!(c.try_open_active(2));
         c.active_to_inactive();
         assert!(c.try_open_active(2));
-        assert!(!c.try_open_active(2), "inactive connections count against the limit");
+        assert!(
+            !c.try_open_active(2),
+            "inactive connections count against the limit"
+        );
         c.close_inactive();
         assert!(c.try_open_active(2));
     }

@@ -52,7 +52,11 @@ impl ConnGuard {
         Self::attached(counters, hold)
     }
 
-    pub(crate) fn try_open(counters: Arc<Counters>, limit: u32, hold: Option<Hold>) -> Option<Self> {
+    pub(crate) fn try_open(
+        counters: Arc<Counters>,
+        limit: u32,
+        hold: Option<Hold>,
+    ) -> Option<Self> {
         counters
             .try_open_active(limit)
             .then(|| Self::attached(counters, hold))
@@ -148,7 +152,11 @@ impl<'s> Pick<'s> {
 
     /// Open the connection if it fits under the backend's `max_conns`.
     pub fn try_connect(self) -> Option<ConnGuard> {
-        ConnGuard::try_open(self.member.counters.clone(), self.member.max_conns, self.hold)
+        ConnGuard::try_open(
+            self.member.counters.clone(),
+            self.member.max_conns,
+            self.hold,
+        )
     }
 }
 

@@ -52,7 +52,9 @@ struct Writer {
 
 impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pool").field("snapshot", &self.load()).finish()
+        f.debug_struct("Pool")
+            .field("snapshot", &self.load())
+            .finish()
     }
 }
 
@@ -117,9 +119,12 @@ impl Pool {
 
     /// Set (or with `None`, clear) the effective weight schedulers use in
     /// place of the configured one, as slow start does.
-    pub fn set_effective_weight(&self, id: BackendId, weight: Option<u64>) -> Result<(), PoolError> {
+    pub fn set_effective_weight(
+        &self,
+        id: BackendId,
+        weight: Option<u64>,
+    ) -> Result<(), PoolError> {
         self.batch(|b| b.set_effective_weight(id, weight))
-
     }
 
     /// Set a backend's health.
@@ -135,7 +140,6 @@ impl Pool {
     /// Set a backend's connection limit (0 = none).
     pub fn set_max_conns(&self, id: BackendId, max_conns: u64) -> Result<(), PoolError> {
         self.batch(|b| b.set_max_conns(id, max_conns))
-
     }
 
     /// The id of the backend with this name.
@@ -247,7 +251,10 @@ impl Batch {
             });
         }
         let id = BackendId::new(self.next_id);
-        self.next_id = self.next_id.checked_add(1).ok_or(PoolError::TooManyBackends)?;
+        self.next_id = self
+            .next_id
+            .checked_add(1)
+            .ok_or(PoolError::TooManyBackends)?;
         let server = b.server.unwrap_or_else(|| Arc::from(b.addr.to_string()));
         self.members.push(Member {
             id,
@@ -280,7 +287,11 @@ impl Batch {
 
     /// Set the configured weight.
     pub fn set_weight(&mut self, id: BackendId, weight: u64) -> Result<(), PoolError> {
-        let over = self.overrides.iter().find(|(o, _)| *o == id).map(|(_, w)| *w);
+        let over = self
+            .overrides
+            .iter()
+            .find(|(o, _)| *o == id)
+            .map(|(_, w)| *w);
         let m = self.slot(id)?;
         let w = check_weight(&m.name, weight)?;
         m.configured_weight = w;
@@ -293,7 +304,11 @@ impl Batch {
     }
 
     /// Set or clear the effective weight.
-    pub fn set_effective_weight(&mut self, id: BackendId, weight: Option<u64>) -> Result<(), PoolError> {
+    pub fn set_effective_weight(
+        &mut self,
+        id: BackendId,
+        weight: Option<u64>,
+    ) -> Result<(), PoolError> {
         let m = self.slot(id)?;
         let w = weight.map(|w| check_weight(&m.name, w)).transpose()?;
         m.weight = w.unwrap_or(m.configured_weight);

@@ -2,8 +2,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use lb_core::{BackendId, Change, ConnGuard, Ctx, NoBackend, Pool, Prepare, Snapshot, Tables};
+use lb_core::{
+    BackendId, Change, ConnGuard, Ctx, NoBackend, Observer, Outcome, Pool, Prepare, Snapshot,
+    Tables,
+};
 
 use crate::trace::Explain;
 use crate::Scheduler;
@@ -107,5 +111,22 @@ impl Balancer {
         self.sched
             .pick(&snap, ctx)
             .map(|p| (p.member().id(), p.member().addr()))
+    }
+
+    /// Tell the scheduler how an attempt on `backend` ended, at the
+    /// [`monotonic_now`](lb_core::monotonic_now) that [`Ctx::new`] reads
+    /// (see [`Scheduler::observe`]; `peak_ewma` learns latencies from it).
+    pub fn observe(&self, backend: BackendId, outcome: Outcome, latency: Duration) {
+        let snap = self.pool.load();
+        self.sched
+            .observe(&snap, backend, outcome, latency, lb_core::monotonic_now());
+    }
+}
+
+/// A balancer observes outcomes for its scheduler, so it can stand where a
+/// forwarder expects an [`Observer`].
+impl Observer for Balancer {
+    fn observe(&self, backend: BackendId, outcome: Outcome, latency: Duration) {
+        Balancer::observe(self, backend, outcome, latency);
     }
 }

@@ -62,7 +62,10 @@ impl fmt::Display for SchedError {
                 sched,
                 option,
                 accepted,
-            } => write!(f, "scheduler {sched} takes no option {option:?} (it takes: {accepted})"),
+            } => write!(
+                f,
+                "scheduler {sched} takes no option {option:?} (it takes: {accepted})"
+            ),
             SchedError::Repeated { sched, option } => {
                 write!(f, "option {option:?} of scheduler {sched} given twice")
             }
@@ -71,7 +74,10 @@ impl fmt::Display for SchedError {
                 key,
                 value,
                 expected,
-            } => write!(f, "{sched}: {key}={value:?} is invalid: expected {expected}"),
+            } => write!(
+                f,
+                "{sched}: {key}={value:?} is invalid: expected {expected}"
+            ),
             SchedError::Unsupported {
                 sched,
                 feature,

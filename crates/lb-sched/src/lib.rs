@@ -32,24 +32,41 @@
 //! ```
 
 use std::fmt;
+use std::time::Duration;
 
-use lb_core::{Change, Ctx, Pick, Snapshot, Tables};
+use lb_core::{BackendId, Change, Ctx, Outcome, Pick, Snapshot, Tables};
 
 mod balancer;
 mod error;
+mod ewma;
+mod fo;
+mod hash;
+mod lblc;
+mod lc;
+mod nginx;
+mod p2c;
 mod persist;
 mod registry;
 mod rng;
 mod rr;
 mod trace;
+mod twos;
 mod wrr;
 
 pub use balancer::{Balancer, Conn};
 pub use error::SchedError;
+pub use ewma::PeakEwma;
+pub use fo::{WeightedFailover, WeightedOverflow};
+pub use hash::{DestHash, Maglev, SourceHash};
+pub use lblc::{LocalityLeastConn, LocalityReplicated, DEFAULT_EXPIRE};
+pub use lc::{LeastConn, NeverQueue, ShortestExpectedDelay, WeightedLeastConn};
+pub use nginx::{ConsistentHash, IpHash, KeyHash, NginxLeastConn, NginxRandom};
+pub use p2c::P2c;
 pub use persist::Persist;
 pub use registry::{build, build_with, catalogue, Args, NAMES};
 pub use rr::RoundRobin;
 pub use trace::{Explain, NoTrace, Trace};
+pub use twos::TwoChoices;
 pub use wrr::SmoothWrr;
 
 /// What a scheduler honours beyond up/down and weight.
@@ -91,7 +108,24 @@ pub trait Scheduler: Send + Sync + fmt::Debug {
 
     /// The same decision as [`pick`](Self::pick), explained: the candidates'
     /// loads and weights and the rule that decided are written to `why`.
-    fn explain<'s>(&self, snap: &'s Snapshot, ctx: &Ctx<'_>, why: &mut Explain) -> Option<Pick<'s>>;
+    fn explain<'s>(&self, snap: &'s Snapshot, ctx: &Ctx<'_>, why: &mut Explain)
+        -> Option<Pick<'s>>;
+
+    /// Learn how an attempt on `backend` ended: `latency` after it began, at
+    /// `now` on the clock of [`Ctx::now`]. Latency-aware schedulers
+    /// (`peak_ewma`) update their estimates here; the others ignore it.
+    /// Forwarders call it through [`Balancer::observe`]; it runs on the
+    /// forwarding path, so it must be quick and must not block.
+    fn observe(
+        &self,
+        snap: &Snapshot,
+        backend: BackendId,
+        outcome: Outcome,
+        latency: Duration,
+        now: Duration,
+    ) {
+        let _ = (snap, backend, outcome, latency, now);
+    }
 
     /// The pool features this scheduler honours.
     fn features(&self) -> Features {

@@ -34,7 +34,12 @@ impl RoundRobin {
         }
     }
 
-    fn select<'s, T: Trace>(&self, snap: &'s Snapshot, ctx: &Ctx<'_>, t: &mut T) -> Option<Pick<'s>> {
+    fn select<'s, T: Trace>(
+        &self,
+        snap: &'s Snapshot,
+        ctx: &Ctx<'_>,
+        t: &mut T,
+    ) -> Option<Pick<'s>> {
         let members = snap.members();
         let n = members.len();
         let mut last = self.last.load(Ordering::Relaxed);
@@ -47,7 +52,12 @@ impl RoundRobin {
             why!(t, "rr: search starts at position {start} of {n}, wrapping");
             let found = (0..n).map(|k| (start + k) % n.max(1)).find(|&i| {
                 let ok = ctx.usable(&members[i]);
-                why!(t, "  {} {}", Load(&members[i]), if ok { "eligible" } else { "skipped" });
+                why!(
+                    t,
+                    "  {} {}",
+                    Load(&members[i]),
+                    if ok { "eligible" } else { "skipped" }
+                );
                 ok
             });
             let i = found?;
@@ -57,7 +67,11 @@ impl RoundRobin {
                 .compare_exchange(last, id, Ordering::Relaxed, Ordering::Relaxed)
             {
                 Ok(_) => {
-                    why!(t, "rule: rr takes the first eligible backend -> {}", members[i].name());
+                    why!(
+                        t,
+                        "rule: rr takes the first eligible backend -> {}",
+                        members[i].name()
+                    );
                     return Some(Pick::new(&members[i]));
                 }
                 Err(now) => last = now,

@@ -57,7 +57,11 @@ pub(crate) fn swrr_step<T: Trace>(
     }
     let b = best?;
     current[b] -= total;
-    why!(t, "rule: smooth wrr: largest current wins (first on ties), minus total {total} -> {}", members[b].name());
+    why!(
+        t,
+        "rule: smooth wrr: largest current wins (first on ties), minus total {total} -> {}",
+        members[b].name()
+    );
     Some(b)
 }
 
@@ -75,7 +79,12 @@ impl SmoothWrr {
         SmoothWrr
     }
 
-    fn select<'s, T: Trace>(&self, snap: &'s Snapshot, ctx: &Ctx<'_>, t: &mut T) -> Option<Pick<'s>> {
+    fn select<'s, T: Trace>(
+        &self,
+        snap: &'s Snapshot,
+        ctx: &Ctx<'_>,
+        t: &mut T,
+    ) -> Option<Pick<'s>> {
         let currents = snap.tables::<Currents>()?;
         let members = snap.members();
         let mut current = currents.0.lock();

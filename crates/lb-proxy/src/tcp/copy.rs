@@ -1,0 +1,162 @@
+//! Bidirectional copy between a client and a backend, with half-close and
+//! an idle timeout.
+//!
+//! Each direction reads into its own buffer and writes everything it read
+//! before reading again. When one side reaches end of stream, the write half
+//! of the other side is shut down (a FIN is sent) and the other direction
+//! goes on until it ends too, as `tokio::io::copy_bidirectional` and
+//! HAProxy's `mode tcp` do. The connection is idle when neither direction
+//! moved a byte for the idle timeout; it is then closed.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use lb_core::{ConnGuard, Counters};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, Instant};
+
+/// Bytes a direction reads before writing them on (per direction and connection).
+const BUF_SIZE: usize = 16 * 1024;
+
+/// How a forwarded connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum End {
+    /// Both directions reached end of stream: a clean close.
+    Closed,
+    /// Nothing moved in either direction for the idle timeout.
+    Idle,
+    /// A read or write failed (a reset, a broken pipe).
+    Broken(io::ErrorKind),
+}
+
+/// What moved through a connection, and how it ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Moved {
+    /// Bytes read from the client and written to the backend.
+    pub to_backend: u64,
+    /// Bytes read from the backend and written to the client.
+    pub from_backend: u64,
+    /// How the connection ended.
+    pub end: End,
+}
+
+/// When a byte last moved, in milliseconds since `start`.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Completes once nothing has moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = self.start + last + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            sleep_until(deadline).await;
+        }
+    }
+}
+
+/// Which way a direction copies, for the byte counters.
+#[derive(Clone, Copy)]
+enum Way {
+    ToBackend,
+    FromBackend,
+}
+
+/// Copy `from` into `to` until end of stream, then shut `to` down.
+async fn pipe(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    way: Way,
+    moved: &AtomicU64,
+    activity: &Activity,
+    counters: &Counters,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; BUF_SIZE];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buf[..n]).await?;
+        let n = n as u64;
+        moved.fetch_add(n, Ordering::Relaxed);
+        match way {
+            Way::ToBackend => counters.add_bytes(n, 0),
+            Way::FromBackend => counters.add_bytes(0, n),
+        }
+        activity.touch();
+    }
+}
+
+/// Forward between `client` and `backend` until both directions end, one
+/// fails, or nothing moves for `idle`. Bytes are added to the backend's
+/// counters as they move. The connection is counted active while both
+/// directions are open and inactive once one side has closed (as LVS counts
+/// a TCP connection past ESTABLISHED).
+pub(crate) async fn forward(
+    client: TcpStream,
+    backend: TcpStream,
+    guard: &mut ConnGuard,
+    idle: Duration,
+) -> Moved {
+    let counters = guard.counters().clone();
+    let (client_rd, client_wr) = client.into_split();
+    let (backend_rd, backend_wr) = backend.into_split();
+    let (up_bytes, down_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
+    let activity = Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
+    let up = pipe(
+        client_rd,
+        backend_wr,
+        Way::ToBackend,
+        &up_bytes,
+        &activity,
+        &counters,
+    );
+    let down = pipe(
+        backend_rd,
+        client_wr,
+        Way::FromBackend,
+        &down_bytes,
+        &activity,
+        &counters,
+    );
+    let idle_out = activity.idle_for(idle);
+    tokio::pin!(up, down, idle_out);
+    let (mut up_open, mut down_open) = (true, true);
+    let end = loop {
+        let done = tokio::select! {
+            r = &mut up, if up_open => { up_open = false; r }
+            r = &mut down, if down_open => { down_open = false; r }
+            () = &mut idle_out => break End::Idle,
+        };
+        if let Err(e) = done {
+            break End::Broken(e.kind());
+        }
+        if !up_open && !down_open {
+            break End::Closed;
+        }
+        guard.idle();
+    };
+    Moved {
+        to_backend: up_bytes.load(Ordering::Relaxed),
+        from_backend: down_bytes.load(Ordering::Relaxed),
+        end,
+    }
+}

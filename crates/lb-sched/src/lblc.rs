@@ -1,0 +1,480 @@
+//! Locality-based schedulers of LVS, keyed on the destination IP: `lblc`
+//! (`ip_vs_lblc.c`) and `lblcr` (`ip_vs_lblcr.c`), reference A.10, A.11.
+//!
+//! Each scheduler instance owns its table, a map from destination IP to the
+//! backend (lblc) or set of backends (lblcr) that served it, behind a lock
+//! of its own. Entries name backends by [`BackendId`]. There is no timer:
+//! an entry is valid while `now - last_use < expire` and an expired one is
+//! treated as absent when it is looked up (`SCHEDULERS.md`).
+//!
+//! Two departures from the kernel, both declared in the contract:
+//! "overloaded" looks for an *eligible* backend under half load, and
+//! entries expire exactly at lookup instead of by a garbage-collecting timer.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use lb_core::{BackendId, Ctx, Member, Pick, Snapshot};
+
+use crate::lc::{decided, least, lvs_overhead, wlc, wlc_cost};
+use crate::trace::{pick_via_select, why, Load, Trace};
+use crate::Scheduler;
+
+/// The default `expire`: LVS's `lblc_expiration` and `lblcr_expiration`, 24 h.
+pub const DEFAULT_EXPIRE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Entries reserved up front (LVS's `max_size`), so that inserts rarely
+/// allocate; when the table is full, expired entries are swept before it
+/// grows.
+const TABLE_CAPACITY: usize = 16 * 1024;
+
+/// Whether an entry last used at `last_use` is still valid at `now`.
+#[inline]
+fn valid(now: Duration, last_use: Duration, expire: Duration) -> bool {
+    now.saturating_sub(last_use) < expire
+}
+
+/// The destination key of a pick, or none (lblc and lblcr need one).
+#[inline]
+fn dest_key<T: Trace>(name: &str, ctx: &Ctx<'_>, t: &mut T) -> Option<IpAddr> {
+    let key = ctx.dest().map(|d| d.ip());
+    if key.is_none() {
+        why!(
+            t,
+            "rule: {name} keys on the destination IP -> none: no destination"
+        );
+    }
+    key
+}
+
+/// Make room for a new key without growing: when the table is full, drop
+/// the entries that are expired anyway (unobservable: they count as absent).
+fn make_room<V>(
+    table: &mut HashMap<IpAddr, V>,
+    last_use: impl Fn(&V) -> Duration,
+    now: Duration,
+    expire: Duration,
+) {
+    if table.len() >= table.capacity() {
+        table.retain(|_, v| valid(now, last_use(v), expire));
+    }
+}
+
+/// LVS's local overload rule, with an eligible `m`: `d` has more active
+/// connections than its weight while some eligible backend has
+/// `2 * active < weight`.
+fn overloaded<T: Trace>(d: &Member, snap: &Snapshot, ctx: &Ctx<'_>, t: &mut T) -> bool {
+    if d.active() <= d.weight() {
+        return false;
+    }
+    let under_half = snap
+        .members()
+        .iter()
+        .find(|m| ctx.usable(m) && 2 * u64::from(m.active()) < u64::from(m.weight()));
+    match under_half {
+        Some(m) => {
+            why!(
+                t,
+                "  {} is overloaded: active > weight and {} has 2*active < weight",
+                d.name(),
+                m.name()
+            );
+            true
+        }
+        None => {
+            why!(
+                t,
+                "  {} has active > weight, but no eligible backend is under half load",
+                d.name()
+            );
+            false
+        }
+    }
+}
+
+// === impl LocalityLeastConn ===
+
+/// One lblc entry: the backend that served a destination, and when.
+#[derive(Debug, Clone, Copy)]
+struct Cached {
+    id: BackendId,
+    last_use: Duration,
+}
+
+/// `lblc`: locality-based least connection, as LVS `ip_vs_lblc.c`.
+///
+/// A table maps each destination IP to a backend. If the entry is valid
+/// (`now - last_use < expire`) and its backend is eligible and not
+/// *overloaded*, that backend is used; otherwise wlc picks over the whole
+/// pool and the entry is replaced. Every lookup of a valid entry refreshes
+/// its last use. *Overloaded*: `active > weight` while some eligible backend
+/// has `2 * active < weight`. A pick without a destination gives none.
+#[derive(Debug)]
+pub struct LocalityLeastConn {
+    expire: Duration,
+    table: Mutex<HashMap<IpAddr, Cached>>,
+}
+
+impl Default for LocalityLeastConn {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LocalityLeastConn {
+    /// An lblc scheduler whose entries expire after [`DEFAULT_EXPIRE`].
+    pub fn new() -> Self {
+        Self::with_expire(DEFAULT_EXPIRE)
+    }
+
+    /// An lblc scheduler whose entries expire after `expire` unused.
+    pub fn with_expire(expire: Duration) -> Self {
+        LocalityLeastConn {
+            expire,
+            table: Mutex::new(HashMap::with_capacity(TABLE_CAPACITY)),
+        }
+    }
+
+    fn select<'s, T: Trace>(
+        &self,
+        snap: &'s Snapshot,
+        ctx: &Ctx<'_>,
+        t: &mut T,
+    ) -> Option<Pick<'s>> {
+        let key = dest_key("lblc", ctx, t)?;
+        let now = ctx.now();
+        let mut table = self.table.lock();
+        if let Some(en) = table.get_mut(&key) {
+            if valid(now, en.last_use, self.expire) {
+                en.last_use = now;
+                match snap.get(en.id) {
+                    Some(d) if ctx.usable(d) => {
+                        why!(t, "lblc: {key} -> {}", Load(d));
+                        if !overloaded(d, snap, ctx, t) {
+                            why!(t, "rule: lblc: the cached backend is eligible and not overloaded -> {}", d.name());
+                            return Some(Pick::new(d));
+                        }
+                    }
+                    Some(d) => why!(t, "lblc: {key} -> {}: not eligible", Load(d)),
+                    None => why!(t, "lblc: {key} -> {}: no longer in the pool", en.id),
+                }
+            } else {
+                why!(t, "lblc: the entry for {key} has expired");
+            }
+        } else {
+            why!(t, "lblc: no entry for {key}");
+        }
+        why!(t, "lblc: reselect by wlc over the pool");
+        let d = wlc(snap, ctx, t)?;
+        let entry = Cached {
+            id: d.id(),
+            last_use: now,
+        };
+        if let Some(en) = table.get_mut(&key) {
+            *en = entry;
+        } else {
+            make_room(&mut table, |e| e.last_use, now, self.expire);
+            table.insert(key, entry);
+        }
+        Some(Pick::new(d))
+    }
+}
+
+impl Scheduler for LocalityLeastConn {
+    fn name(&self) -> &'static str {
+        "lblc"
+    }
+
+    pick_via_select!();
+}
+
+// === impl Replicas ===
+
+/// Members kept inline before a set spills to the heap.
+const INLINE: usize = 4;
+
+/// A small set of backend ids in order of insertion; the newest is last.
+/// The first [`INLINE`] live inline, so creating an entry never allocates.
+#[derive(Debug, Clone)]
+struct IdSet {
+    len: usize,
+    head: [BackendId; INLINE],
+    tail: Vec<BackendId>,
+}
+
+impl IdSet {
+    fn of(id: BackendId) -> Self {
+        IdSet {
+            len: 1,
+            head: [id; INLINE],
+            tail: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn at(&self, i: usize) -> BackendId {
+        if i < INLINE {
+            self.head[i]
+        } else {
+            self.tail[i - INLINE]
+        }
+    }
+
+    fn set(&mut self, i: usize, id: BackendId) {
+        if i < INLINE {
+            self.head[i] = id;
+        } else {
+            self.tail[i - INLINE] = id;
+        }
+    }
+
+    /// The members, newest first.
+    fn newest_first(&self) -> impl Iterator<Item = (usize, BackendId)> + '_ {
+        (0..self.len).rev().map(|i| (i, self.at(i)))
+    }
+
+    fn contains(&self, id: BackendId) -> bool {
+        (0..self.len).any(|i| self.at(i) == id)
+    }
+
+    /// Add `id` as the newest member.
+    fn push(&mut self, id: BackendId) {
+        if self.len < INLINE {
+            self.head[self.len] = id;
+        } else {
+            self.tail.push(id);
+        }
+        self.len += 1;
+    }
+
+    /// Keep the members for which `keep` holds, in order.
+    fn retain(&mut self, mut keep: impl FnMut(BackendId) -> bool) {
+        let mut kept = 0;
+        for i in 0..self.len {
+            let id = self.at(i);
+            if keep(id) {
+                self.set(kept, id);
+                kept += 1;
+            }
+        }
+        self.len = kept;
+        self.tail.truncate(kept.saturating_sub(INLINE));
+    }
+
+    /// Make this the set `{id}`, reusing the storage.
+    fn reset(&mut self, id: BackendId) {
+        self.len = 0;
+        self.tail.clear();
+        self.push(id);
+    }
+}
+
+/// One lblcr entry: the set serving a destination, when it last changed and
+/// when it was last used.
+#[derive(Debug)]
+struct Replicas {
+    set: IdSet,
+    last_change: Duration,
+    last_use: Duration,
+}
+
+/// The most loaded member of `set` with weight > 0 by the strict rule
+/// `moh * w(d) < doh * w(most)`, newest first; health is not considered.
+/// Returns its position in the set.
+fn set_max<T: Trace>(set: &IdSet, snap: &Snapshot, t: &mut T) -> Option<usize> {
+    let mut most: Option<(usize, &Member, u64, u64)> = None;
+    for (i, id) in set.newest_first() {
+        let Some(m) = snap.get(id) else { continue };
+        let (doh, dw) = (lvs_overhead(m), u64::from(m.weight()));
+        if dw == 0 {
+            continue;
+        }
+        match most {
+            Some((_, _, moh, mw))
+                if u128::from(moh) * u128::from(dw) >= u128::from(doh) * u128::from(mw) => {}
+            _ => most = Some((i, m, doh, dw)),
+        }
+    }
+    if let Some((_, m, moh, _)) = most {
+        why!(
+            t,
+            "  shrink: the most loaded member is {} (overhead {moh})",
+            Load(m)
+        );
+    }
+    most.map(|(i, ..)| i)
+}
+
+// === impl LocalityReplicated ===
+
+/// `lblcr`: locality-based least connection with replication, as LVS
+/// `ip_vs_lblcr.c`.
+///
+/// Each destination IP maps to a set of backends (newest member first),
+/// with the time the set last changed and its last use. With a valid entry:
+/// `min` is the set's least-loaded eligible member (wlc rule, newest first);
+/// if the set has more than one member and has not changed for longer than
+/// `expire`, its most-loaded member with weight > 0 is removed (health is
+/// not considered) and the set is marked changed; `min`, if any and not
+/// overloaded, is used; otherwise wlc picks over the whole pool and its
+/// choice joins the set (marking it changed) if not already a member.
+/// Without a valid entry: wlc over the pool, and a new set of that backend.
+///
+/// A backend removed from the pool leaves every set at the set's next
+/// lookup; that is not a change of the set (the kernel keeps a deleted
+/// real server referenced; ours are gone for good).
+#[derive(Debug)]
+pub struct LocalityReplicated {
+    expire: Duration,
+    table: Mutex<HashMap<IpAddr, Replicas>>,
+}
+
+impl Default for LocalityReplicated {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LocalityReplicated {
+    /// An lblcr scheduler with [`DEFAULT_EXPIRE`] for entries and sets.
+    pub fn new() -> Self {
+        Self::with_expire(DEFAULT_EXPIRE)
+    }
+
+    /// An lblcr scheduler whose entries expire after `expire` unused, and
+    /// whose sets shrink after `expire` unchanged.
+    pub fn with_expire(expire: Duration) -> Self {
+        LocalityReplicated {
+            expire,
+            table: Mutex::new(HashMap::with_capacity(TABLE_CAPACITY)),
+        }
+    }
+
+    fn select<'s, T: Trace>(
+        &self,
+        snap: &'s Snapshot,
+        ctx: &Ctx<'_>,
+        t: &mut T,
+    ) -> Option<Pick<'s>> {
+        let key = dest_key("lblcr", ctx, t)?;
+        let now = ctx.now();
+        let mut table = self.table.lock();
+        match table.get_mut(&key) {
+            Some(en) if valid(now, en.last_use, self.expire) => self.hit(key, en, snap, ctx, t),
+            found => {
+                match found {
+                    Some(_) => why!(t, "lblcr: the entry for {key} has expired"),
+                    None => why!(t, "lblcr: no entry for {key}"),
+                }
+                let d = wlc(snap, ctx, t)?;
+                if let Some(en) = table.get_mut(&key) {
+                    en.set.reset(d.id());
+                    (en.last_change, en.last_use) = (now, now);
+                } else {
+                    make_room(&mut table, |e| e.last_use, now, self.expire);
+                    let set = IdSet::of(d.id());
+                    let en = Replicas {
+                        set,
+                        last_change: now,
+                        last_use: now,
+                    };
+                    table.insert(key, en);
+                }
+                why!(t, "lblcr: new set {{{}}} for {key}", d.name());
+                Some(Pick::new(d))
+            }
+        }
+    }
+
+    /// A pick with the valid entry `en` of `key`.
+    fn hit<'s, T: Trace>(
+        &self,
+        key: IpAddr,
+        en: &mut Replicas,
+        snap: &'s Snapshot,
+        ctx: &Ctx<'_>,
+        t: &mut T,
+    ) -> Option<Pick<'s>> {
+        let now = ctx.now();
+        en.last_use = now;
+        en.set.retain(|id| snap.get(id).is_some());
+        why!(t, "lblcr: {key} -> a set of {}, newest first", en.set.len());
+        let min = least(
+            en.set.newest_first().filter_map(|(_, id)| snap.get(id)),
+            ctx,
+            wlc_cost,
+            t,
+        );
+        decided(t, "lblcr: set min by wlc, newest first", min);
+        if en.set.len() > 1 && now.saturating_sub(en.last_change) > self.expire {
+            why!(
+                t,
+                "lblcr: the set has not changed for longer than {:?}: shrink",
+                self.expire
+            );
+            if let Some(i) = set_max(&en.set, snap, t) {
+                let gone = en.set.at(i);
+                en.set.retain(|id| id != gone);
+                en.last_change = now;
+            }
+        }
+        if let Some(m) = min {
+            if !overloaded(m, snap, ctx, t) {
+                why!(
+                    t,
+                    "rule: lblcr: the set's least loaded member is not overloaded -> {}",
+                    m.name()
+                );
+                return Some(Pick::new(m));
+            }
+        }
+        why!(t, "lblcr: reselect by wlc over the pool");
+        let d = wlc(snap, ctx, t)?;
+        if !en.set.contains(d.id()) {
+            why!(t, "lblcr: {} joins the set", d.name());
+            en.set.push(d.id());
+            en.last_change = now;
+        }
+        Some(Pick::new(d))
+    }
+}
+
+impl Scheduler for LocalityReplicated {
+    fn name(&self) -> &'static str {
+        "lblcr"
+    }
+
+    pick_via_select!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(s: &IdSet) -> Vec<u32> {
+        s.newest_first().map(|(_, id)| id.get()).collect()
+    }
+
+    #[test]
+    fn id_set_keeps_order_across_the_inline_boundary() {
+        let mut s = IdSet::of(BackendId::from_raw(0));
+        for n in 1..7 {
+            s.push(BackendId::from_raw(n));
+        }
+        assert_eq!(ids(&s), [6, 5, 4, 3, 2, 1, 0]);
+        assert!(s.contains(BackendId::from_raw(5)));
+        s.retain(|id| id.get() % 3 != 0);
+        assert_eq!(ids(&s), [5, 4, 2, 1]);
+        assert!(!s.contains(BackendId::from_raw(6)));
+        s.push(BackendId::from_raw(9));
+        assert_eq!(ids(&s), [9, 5, 4, 2, 1]);
+        s.reset(BackendId::from_raw(3));
+        assert_eq!(ids(&s), [3]);
+    }
+}

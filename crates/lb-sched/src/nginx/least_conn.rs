@@ -1,0 +1,112 @@
+//! `least_conn`: nginx's least connections, as
+//! `ngx_http_upstream_least_conn_module.c` (SCHEDULERS-NGINX.md section 5).
+
+use lb_core::{Change, Ctx, Member, Pick, Snapshot, Tables};
+
+use super::Upstream;
+use crate::trace::{pick_via_select, why, Load, Trace};
+use crate::wrr::swrr_step;
+use crate::{Features, Scheduler};
+
+/// nginx's `least_conn`: the usable backend with the least `conns/weight`
+/// (compared by cross-multiplication), ties among all backends of that
+/// ratio broken by a smooth-WRR step over them alone. The backups are used,
+/// the same way, only when no primary is usable.
+///
+/// This is not LVS `lc`/`wlc`: the load is every open connection (idle ones
+/// included, no 256x factor), and a strictly least-loaded backend wins
+/// without moving any `current`. Three backends of weight 1 with nothing
+/// released are picked `a b c c b a`.
+#[derive(Debug, Default)]
+pub struct NginxLeastConn;
+
+impl NginxLeastConn {
+    /// A new nginx least_conn.
+    pub fn new() -> Self {
+        NginxLeastConn
+    }
+
+    fn select<'s, T: Trace>(
+        &self,
+        snap: &'s Snapshot,
+        ctx: &Ctx<'_>,
+        t: &mut T,
+    ) -> Option<Pick<'s>> {
+        let up = snap.tables::<Upstream>()?;
+        let members = snap.members();
+        why!(t, "least_conn: primaries");
+        let i = least_conn(members, up, ctx, false, t).or_else(|| {
+            why!(t, "least_conn: no primary usable; backups");
+            least_conn(members, up, ctx, true, t)
+        })?;
+        Some(Pick::new(&members[i]))
+    }
+}
+
+/// `LC(L)` over the primary (`backup == false`) or the backup list.
+fn least_conn<T: Trace>(
+    members: &[Member],
+    up: &Upstream,
+    ctx: &Ctx<'_>,
+    backup: bool,
+    t: &mut T,
+) -> Option<usize> {
+    // The first usable backend of least ratio, its conns and weight, and
+    // whether another usable backend has the same ratio.
+    let mut best: Option<(usize, u64, u64)> = None;
+    let mut many = false;
+    for (i, m) in members.iter().enumerate() {
+        if m.is_backup() != backup || !ctx.usable(m) {
+            continue;
+        }
+        let (c, w) = (m.conns(), u64::from(m.weight()));
+        why!(t, "  {} conns={c}", Load(m));
+        match best {
+            Some((_, bc, bw)) if c * bw == bc * w => many = true,
+            Some((_, bc, bw)) if c * bw > bc * w => {}
+            _ => {
+                best = Some((i, c, w));
+                many = false;
+            }
+        }
+    }
+    let (b, bc, bw) = best?;
+    if !many {
+        why!(
+            t,
+            "rule: least conns/weight, no tie -> {}",
+            members[b].name()
+        );
+        return Some(b);
+    }
+    why!(
+        t,
+        "tie at conns/weight = {bc}/{bw}: smooth wrr among the tied, from {}",
+        members[b].name()
+    );
+    let mut current = up.currents.0.lock();
+    let tied = |m: &Member| m.is_backup() == backup && m.conns() * bw == bc * u64::from(m.weight());
+    // The tied backends all come at or after the first of them, `b`.
+    let step = swrr_step(&members[b..], &mut current[b..], ctx, tied, t);
+    // `b` itself is tied unless another thread changed its load meanwhile.
+    Some(step.map_or(b, |k| b + k))
+}
+
+impl Scheduler for NginxLeastConn {
+    fn name(&self) -> &'static str {
+        "least_conn"
+    }
+
+    fn prepare(&self, next: &Snapshot, prev: Option<&Snapshot>, change: Change) -> Option<Tables> {
+        Some(Upstream::prepare(next, prev, change, false))
+    }
+
+    fn features(&self) -> Features {
+        Features {
+            backup: true,
+            max_conns: true,
+        }
+    }
+
+    pick_via_select!();
+}
