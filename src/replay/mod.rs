@@ -524,16 +524,22 @@ fn check_features(
     backup: bool,
     max_conns: u64,
 ) -> Result<(), Step> {
-    let refused = if backup && !info.features.backup {
-        "backup servers"
+    let (refused, allows): (_, fn(Features) -> bool) = if backup && !info.features.backup {
+        ("backup servers", |f| f.backup)
     } else if max_conns > 0 && !info.features.max_conns {
-        "max_conns"
+        ("max_conns", |f| f.max_conns)
     } else {
         return Ok(());
     };
+    // Name the schedulers that do allow it, as the registry builds them.
+    let allowed: Vec<&str> = lb_sched::NAMES
+        .iter()
+        .copied()
+        .filter(|n| lb_sched::build(n).is_ok_and(|s| allows(s.features())))
+        .collect();
     Err(Step::Bad(format!(
-        "scheduler {} does not allow {refused} (backend {backend:?}); backup is for wrr and \
-         least_conn, max_conns for wrr, least_conn, ip_hash and hash",
-        info.name
+        "scheduler {} does not allow {refused} (backend {backend:?}); schedulers that do: {}",
+        info.name,
+        allowed.join(", ")
     )))
 }

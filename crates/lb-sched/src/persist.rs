@@ -5,7 +5,8 @@
 //! A *template* per client key (`client IPv4 & netmask`, or the full IPv6
 //! address) remembers the backend chosen for that client. While it is valid
 //! the inner scheduler is bypassed; see [`Persist`] for the exact rule and
-//! `SCHEDULERS.md` ("Persistence") for the contract.
+//! `SCHEDULERS.md` ("Persistence") for the contract. Everything but the
+//! template lookup (name, tables, outcomes, features) is the inner scheduler's.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use lb_core::{BackendId, Change, Ctx, Health, Hold, Member, Pick, Snapshot, Tables};
+use lb_core::{BackendId, Change, Ctx, Health, Hold, Member, Outcome, Pick, Snapshot, Tables};
 
 use crate::trace::{why, Explain, NoTrace, Trace};
 use crate::{BoxScheduler, Features, Scheduler};
@@ -294,6 +295,17 @@ impl Scheduler for Persist {
         why: &mut Explain,
     ) -> Option<Pick<'s>> {
         self.select(snap, ctx, why, |why| self.inner.explain(snap, ctx, why))
+    }
+
+    fn observe(
+        &self,
+        snap: &Snapshot,
+        backend: BackendId,
+        outcome: Outcome,
+        latency: Duration,
+        now: Duration,
+    ) {
+        self.inner.observe(snap, backend, outcome, latency, now);
     }
 
     fn features(&self) -> Features {
