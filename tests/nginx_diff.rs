@@ -93,17 +93,30 @@ impl Drop for Killed {
 
 /// One request from source address `from`; returns the backend's name.
 fn request(port: u16, from: std::net::Ipv4Addr, uri: &str) -> String {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    sock.bind(&SocketAddr::from((from, 0)).into()).expect("bind client source");
-    sock.connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)).into(), Duration::from_secs(5))
-        .expect("connect");
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.bind(&SocketAddr::from((from, 0)).into())
+        .expect("bind client source");
+    sock.connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)).into(),
+        Duration::from_secs(5),
+    )
+    .expect("connect");
     let mut s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(s, "GET {uri} HTTP/1.1\r\nHost: diff.test\r\nConnection: close\r\n\r\n").expect("send");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {uri} HTTP/1.1\r\nHost: diff.test\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
     let mut resp = String::new();
     let _ = s.read_to_string(&mut resp);
     let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    assert!(head.starts_with("HTTP/1.1 200"), "request {uri} from {from}: {head}");
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "request {uri} from {from}: {head}"
+    );
     body.to_owned()
 }
 
@@ -161,7 +174,10 @@ fn start_nginx(nginx: &Path, dir: &Path, block: &str, port: u16) -> Killed {
 
 fn is_root() -> bool {
     std::env::var("USER").is_ok_and(|u| u == "root")
-        || Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"))
+        || Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0"))
 }
 
 fn http_proxy_binary() -> PathBuf {
@@ -169,7 +185,11 @@ fn http_proxy_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let bin = dir.join("examples").join("http_proxy");
-    assert!(bin.exists(), "{} is missing: cargo test builds examples", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo test builds examples",
+        bin.display()
+    );
     bin
 }
 
@@ -194,7 +214,12 @@ fn requests(kind: &str) -> Vec<(std::net::Ipv4Addr, String)> {
     (0..60u32)
         .map(|i| {
             let from = if kind == "ip_hash" {
-                std::net::Ipv4Addr::new(127, (i * 37 % 250) as u8 + 1, (i * 11 % 256) as u8, (i % 7) as u8 + 1)
+                std::net::Ipv4Addr::new(
+                    127,
+                    (i * 37 % 250) as u8 + 1,
+                    (i * 11 % 256) as u8,
+                    (i % 7) as u8 + 1,
+                )
             } else {
                 std::net::Ipv4Addr::new(127, 0, 0, 1)
             };
@@ -215,12 +240,16 @@ fn run_case(nginx: &Path, kind: &str) {
     let theirs: Vec<String> = {
         let port = free_port();
         let _nginx = start_nginx(nginx, &dir, &block, port);
-        reqs.iter().map(|(from, uri)| request(port, *from, uri)).collect()
+        reqs.iter()
+            .map(|(from, uri)| request(port, *from, uri))
+            .collect()
     };
     let ours: Vec<String> = {
         let port = free_port();
         let _ours = start_ours(&dir, &block, port);
-        reqs.iter().map(|(from, uri)| request(port, *from, uri)).collect()
+        reqs.iter()
+            .map(|(from, uri)| request(port, *from, uri))
+            .collect()
     };
     let _ = std::fs::remove_dir_all(&dir);
     let differ: Vec<String> = reqs
@@ -230,16 +259,27 @@ fn run_case(nginx: &Path, kind: &str) {
         .filter(|(_, (_, (a, b)))| a != b)
         .map(|(i, ((from, uri), (a, b)))| format!("#{i} {from} {uri}: nginx {a}, ours {b}"))
         .collect();
-    assert!(differ.is_empty(), "{kind}: {} of {} differ:\n{}", differ.len(), reqs.len(), differ.join("\n"));
+    assert!(
+        differ.is_empty(),
+        "{kind}: {} of {} differ:\n{}",
+        differ.len(),
+        reqs.len(),
+        differ.join("\n")
+    );
     let distinct: std::collections::BTreeSet<&String> = theirs.iter().collect();
-    assert!(distinct.len() >= 2, "{kind}: the case exercises several backends: {distinct:?}");
+    assert!(
+        distinct.len() >= 2,
+        "{kind}: the case exercises several backends: {distinct:?}"
+    );
 }
 
 #[test]
 fn same_choices_as_nginx() {
     let Some(nginx) = nginx_binary() else {
         if required() {
-            panic!("nginx is not installed and LB_REQUIRE_NETNS=1: install it (apt-get install nginx)");
+            panic!(
+                "nginx is not installed and LB_REQUIRE_NETNS=1: install it (apt-get install nginx)"
+            );
         }
         eprintln!("SKIP same_choices_as_nginx: nginx is not installed (apt-get install nginx)");
         return;
