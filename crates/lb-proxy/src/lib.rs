@@ -1,1 +1,14 @@
-//! lb-proxy
+//! # lb-proxy: tower Layers that balance and forward
+//!
+//! (crate docs are filled in below as the modules land)
+
+pub mod http;
+mod key;
+mod pick;
+
+pub use key::{KeyExtractor, KeyInput, KeyTemplate, KeyTemplateError};
+pub use pick::{
+    classify, is_idempotent, Balance, BalanceLayer, BoxError, ClientAddr, Error, Lease, LeasedBody,
+    LocalAddr, OutcomeError, ResponseFuture, Retry, Upstream, UpstreamBody, MAX_TRIES,
+    RETRYABLE_STATUSES,
+};
