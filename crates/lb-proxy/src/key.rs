@@ -186,7 +186,10 @@ impl KeyTemplate {
                 (&s[i + 1..end], end)
             };
             if name.is_empty() {
-                return Err(err(dollar, "`$` must be followed by a variable name".into()));
+                return Err(err(
+                    dollar,
+                    "`$` must be followed by a variable name".into(),
+                ));
             }
             parts.push(Self::variable(name).map_err(|r| err(dollar, r))?);
             i = next;
@@ -308,9 +311,13 @@ fn host(req: &KeyInput<'_>, out: &mut Vec<u8>) {
         .unwrap_or(b"");
     let without_port = if raw.first() == Some(&b'[') {
         // An IPv6 literal: keep through the closing bracket.
-        raw.iter().position(|c| *c == b']').map_or(raw, |p| &raw[..=p])
+        raw.iter()
+            .position(|c| *c == b']')
+            .map_or(raw, |p| &raw[..=p])
     } else {
-        raw.iter().position(|c| *c == b':').map_or(raw, |p| &raw[..p])
+        raw.iter()
+            .position(|c| *c == b':')
+            .map_or(raw, |p| &raw[..p])
     };
     out.extend(without_port.iter().map(u8::to_ascii_lowercase));
 }
@@ -344,7 +351,10 @@ mod tests {
         let uri: Uri = uri.parse().unwrap();
         let mut h = HeaderMap::new();
         for (k, v) in headers {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         let input = KeyInput {
             method: &Method::POST,
@@ -363,11 +373,27 @@ mod tests {
         assert_eq!(key("$request_uri", "/a/b?x=1&y=2", &[]), "/a/b?x=1&y=2");
         assert_eq!(key("$uri|$args", "/a/b?x=1&y=2", &[]), "/a/b|x=1&y=2");
         assert_eq!(key("$arg_y,$arg_z", "/?x=1&y=2", &[]), "2,");
-        assert_eq!(key("$host", "/", &[("host", "WWW.Example.com:81")]), "www.example.com");
+        assert_eq!(
+            key("$host", "/", &[("host", "WWW.Example.com:81")]),
+            "www.example.com"
+        );
         assert_eq!(key("$host", "http://[::1]:8080/", &[]), "[::1]");
-        assert_eq!(key("$http_x_user", "/", &[("x-user", "a"), ("x-user", "b")]), "a, b");
-        assert_eq!(key("$cookie_sid", "/", &[("cookie", "a=1; SID=xyz"), ("cookie", "sid=2")]), "xyz");
-        assert_eq!(key("$remote_addr:$remote_port", "/", &[]), "2001:db8::7:4711");
+        assert_eq!(
+            key("$http_x_user", "/", &[("x-user", "a"), ("x-user", "b")]),
+            "a, b"
+        );
+        assert_eq!(
+            key(
+                "$cookie_sid",
+                "/",
+                &[("cookie", "a=1; SID=xyz"), ("cookie", "sid=2")]
+            ),
+            "xyz"
+        );
+        assert_eq!(
+            key("$remote_addr:$remote_port", "/", &[]),
+            "2001:db8::7:4711"
+        );
         assert_eq!(key("$server_addr $server_port", "/", &[]), "10.0.0.1 80");
         assert_eq!(key("${request_method}x$scheme", "/", &[]), "POSTxhttp");
         assert_eq!(key("pre-${uri}-post", "/p", &[]), "pre-/p-post");

@@ -87,15 +87,25 @@ impl Default for ForwardConfig {
 ///   counted on the backend until either side closes.
 /// - Errors say how the attempt failed ([`OutcomeError`]), so
 ///   [`Balance`](crate::Balance) can report and retry.
-#[derive(Clone)]
 pub struct Forward<B = Incoming> {
     client: Client<HttpConnector, UpstreamBody<B>>,
     config: Arc<ForwardConfig>,
 }
 
+impl<B> Clone for Forward<B> {
+    fn clone(&self) -> Self {
+        Forward {
+            client: self.client.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
 impl<B> fmt::Debug for Forward<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Forward").field("config", &self.config).finish()
+        f.debug_struct("Forward")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -149,7 +159,10 @@ where
 
     fn call(&mut self, mut req: Request<UpstreamBody<B>>) -> ForwardFuture {
         let Some(up) = req.extensions_mut().remove::<Upstream>() else {
-            let e = OutcomeError::unsent(Outcome::Broken, "no Upstream extension: run Forward inside Balance");
+            let e = OutcomeError::unsent(
+                Outcome::Broken,
+                "no Upstream extension: run Forward inside Balance",
+            );
             return Box::pin(std::future::ready(Err(e.into())));
         };
         let upgrading = req.version() == Version::HTTP_11
@@ -177,7 +190,12 @@ where
             match client_upgrade {
                 Some(client_side) if switching => {
                     let backend_side = hyper::upgrade::on(&mut resp);
-                    tokio::spawn(upgrade::tunnel(client_side, backend_side, up.lease.clone(), up.name.clone()));
+                    tokio::spawn(upgrade::tunnel(
+                        client_side,
+                        backend_side,
+                        up.lease.clone(),
+                        up.name.clone(),
+                    ));
                     strip_hop_by_hop(resp.headers_mut(), true);
                 }
                 _ => strip_hop_by_hop(resp.headers_mut(), false),
@@ -253,7 +271,11 @@ mod tests {
     fn backend_uri_keeps_path_and_query() {
         let u = backend_uri(&"/a/b?c=1".parse().unwrap(), "[::1]:9001".parse().unwrap()).unwrap();
         assert_eq!(u, "http://[::1]:9001/a/b?c=1");
-        let u = backend_uri(&"http://example.com".parse().unwrap(), "127.0.0.1:80".parse().unwrap()).unwrap();
+        let u = backend_uri(
+            &"http://example.com".parse().unwrap(),
+            "127.0.0.1:80".parse().unwrap(),
+        )
+        .unwrap();
         assert_eq!(u, "http://127.0.0.1:80/");
     }
 }

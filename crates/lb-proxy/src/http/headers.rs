@@ -102,7 +102,10 @@ pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, proto: 
     }
     let _ = write!(fwd, ";proto={proto}");
     if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
-        if host.bytes().all(|c| c.is_ascii_graphic() && c != b'"' && c != b'\\') {
+        if host
+            .bytes()
+            .all(|c| c.is_ascii_graphic() && c != b'"' && c != b'\\')
+        {
             let _ = write!(fwd, ";host=\"{host}\"");
         }
     }
@@ -118,7 +121,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h
     }
@@ -155,7 +161,10 @@ mod tests {
             ("host", "example.com:8080"),
         ]);
         add_forwarded(&mut h, "[2001:db8::1]:5000".parse().unwrap(), "http");
-        assert_eq!(h["x-forwarded-for"], "203.0.113.1, 203.0.113.2, 2001:db8::1");
+        assert_eq!(
+            h["x-forwarded-for"],
+            "203.0.113.1, 203.0.113.2, 2001:db8::1"
+        );
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(
             h["forwarded"],

@@ -40,7 +40,9 @@ impl<B> IdleBody<B> {
 
 impl<B> fmt::Debug for IdleBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IdleBody").field("limit", &self.limit).finish()
+        f.debug_struct("IdleBody")
+            .field("limit", &self.limit)
+            .finish()
     }
 }
 

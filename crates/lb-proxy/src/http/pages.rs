@@ -109,7 +109,9 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Backend { body } => body.size_hint(),
-            Inner::Text { text } => SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64)),
+            Inner::Text { text } => {
+                SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
+            }
         }
     }
 }

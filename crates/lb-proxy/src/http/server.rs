@@ -88,7 +88,10 @@ impl Server {
                 }
                 Err(e) => return e,
             };
-            tokio::spawn(self.clone().serve_connection(stream, peer, local, svc.clone()));
+            tokio::spawn(
+                self.clone()
+                    .serve_connection(stream, peer, local, svc.clone()),
+            );
         }
     }
 
@@ -132,6 +135,10 @@ impl Server {
 fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
-    ) || e.raw_os_error().is_some_and(|c| c == 23 || c == 24 || c == 12 || c == 105)
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    ) || e
+        .raw_os_error()
+        .is_some_and(|c| c == 23 || c == 24 || c == 12 || c == 105)
 }

@@ -82,7 +82,9 @@ impl<B> UpstreamBody<B> {
 
     /// A body with nothing in it.
     pub fn empty() -> Self {
-        UpstreamBody { inner: Inner::Empty }
+        UpstreamBody {
+            inner: Inner::Empty,
+        }
     }
 
     /// A body that streams `body` (without byte accounting).

@@ -275,7 +275,12 @@ impl<S, B> Attempts<S, B> {
                 let (outcome, sent) = classify_sent(&*e);
                 self.report(&cur, outcome, latency);
                 tracing::debug!(backend = %cur.name, %outcome, error = %e, "attempt failed");
-                if self.shared.retry.retries_outcome(outcome, sent, &self.method) && self.next_attempt() {
+                if self
+                    .shared
+                    .retry
+                    .retries_outcome(outcome, sent, &self.method)
+                    && self.next_attempt()
+                {
                     return Step::Retry;
                 }
                 Step::Done(Err(Error::Backend {
@@ -304,7 +309,10 @@ impl<S, B> Attempts<S, B> {
         if self.n_tried >= retry.max_tries() || self.n_tried >= MAX_TRIES {
             return false;
         }
-        if retry.time_limit().is_some_and(|t| self.first.elapsed() >= t) {
+        if retry
+            .time_limit()
+            .is_some_and(|t| self.first.elapsed() >= t)
+        {
             return false;
         }
         let head = Head {

@@ -101,9 +101,12 @@ impl Retry {
     pub fn on_status(mut self, statuses: &[u16]) -> Result<Self, String> {
         self.statuses = 0;
         for s in statuses {
-            let bit = RETRYABLE_STATUSES.iter().position(|r| r == s).ok_or_else(|| {
-                format!("status {s} cannot be retried (allowed: {RETRYABLE_STATUSES:?})")
-            })?;
+            let bit = RETRYABLE_STATUSES
+                .iter()
+                .position(|r| r == s)
+                .ok_or_else(|| {
+                    format!("status {s} cannot be retried (allowed: {RETRYABLE_STATUSES:?})")
+                })?;
             self.statuses |= 1 << bit;
         }
         Ok(self)
@@ -181,7 +184,10 @@ mod tests {
     fn post_is_retried_only_when_never_sent() {
         let r = Retry::default();
         assert!(r.retries_outcome(Outcome::ConnectFailed, false, &Method::POST));
-        assert!(r.retries_outcome(Outcome::Timeout, false, &Method::POST), "connect timeout");
+        assert!(
+            r.retries_outcome(Outcome::Timeout, false, &Method::POST),
+            "connect timeout"
+        );
         assert!(!r.retries_outcome(Outcome::Timeout, true, &Method::POST));
         assert!(r.retries_outcome(Outcome::Timeout, true, &Method::GET));
         let off = Retry::default().on_error(false);
