@@ -2,10 +2,12 @@
 //!
 //! (crate docs are filled in below as the modules land)
 
+mod drain;
 pub mod http;
 mod key;
 mod pick;
 
+pub use drain::{drain, Drained};
 pub use key::{KeyExtractor, KeyInput, KeyTemplate, KeyTemplateError};
 pub use pick::{
     classify, is_idempotent, Balance, BalanceLayer, BoxError, ClientAddr, Error, Lease, LeasedBody,

@@ -436,3 +436,125 @@ async fn websocket_upgrade_passes_through() {
         .await
         .expect("the tunnel's lease ends with it");
 }
+
+#[tokio::test]
+async fn redirect_layer_points_clients_at_backends() {
+    use lb_proxy::http::{RedirectLayer, Server, Unavailable};
+    use tower::Layer;
+    let (a, b) = (
+        backend("a", "127.0.0.1").await,
+        backend("b", "127.0.0.1").await,
+    );
+    let lb = balancer(&[(&a, 1), (&b, 1)], "rr");
+    let svc = RedirectLayer::new(lb.clone()).layer(Unavailable);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(Server::new().serve(listener, svc));
+    let cl = client();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let req = Request::get(format!("http://{addr}/x/y?z=1"))
+            .body(http_body_util::Full::new(Bytes::new()).boxed())
+            .unwrap();
+        let resp = tokio::time::timeout(STEP, cl.request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::FOUND);
+        seen.push(resp.headers()["location"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        seen,
+        vec![
+            format!("http://{}/x/y?z=1", a.addr),
+            format!("http://{}/x/y?z=1", b.addr)
+        ]
+    );
+    assert_eq!(
+        a.hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "redirects never touch backends"
+    );
+    for m in lb.pool().load().members() {
+        lb.pool().set_weight(m.id(), 0).unwrap();
+    }
+    let (status, body) = get(&cl, addr, "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    task.abort();
+}
+
+#[tokio::test]
+async fn drain_waits_for_requests_in_flight_then_completes() {
+    let (a, b) = (
+        backend("a", "127.0.0.1").await,
+        backend("b", "127.0.0.1").await,
+    );
+    let lb = balancer(&[(&a, 1), (&b, 1)], "rr");
+    let p = start_proxy(
+        "127.0.0.1",
+        BalanceLayer::new(lb.clone()),
+        ForwardConfig::default(),
+    )
+    .await;
+    let id = lb.pool().find("a").unwrap();
+    let cl = client();
+    // A slow request lands on a (rr starts there) and stays in flight.
+    let slow = tokio::spawn({
+        let cl = cl.clone();
+        let addr = p.addr;
+        async move { get(&cl, addr, "/slow?ms=400").await }
+    });
+    let m = lb.pool().load().get(id).unwrap().clone();
+    let started = async {
+        while m.active() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(STEP, started).await.unwrap();
+    let drain = tokio::spawn(lb_proxy::drain(
+        lb.pool().clone(),
+        id,
+        Duration::from_secs(20),
+    ));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Quiesced: new requests all go to b while a finishes.
+    assert_eq!(names(&cl, p.addr, 4).await, "bbbb");
+    assert_eq!(slow.await.unwrap(), (StatusCode::OK, "a".to_owned()));
+    let done = tokio::time::timeout(STEP, drain)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(done.is_complete(), "{done}");
+    assert_eq!(done.previous_weight, 1);
+    // A short deadline with a request still in flight reports it.
+    lb.pool().set_weight(id, 1).unwrap();
+    let slow = tokio::spawn({
+        let cl = cl.clone();
+        let addr = p.addr;
+        async move { get(&cl, addr, "/slow?ms=1000").await }
+    });
+    let started = async {
+        while lb.pool().load().members().iter().all(|m| m.active() == 0) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(STEP, started).await.unwrap();
+    let busy = lb
+        .pool()
+        .load()
+        .members()
+        .iter()
+        .find(|m| m.active() > 0)
+        .unwrap()
+        .id();
+    let cut = lb_proxy::drain(lb.pool().clone(), busy, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(cut.left, 1, "{cut}");
+    assert_eq!(
+        slow.await.unwrap().0,
+        StatusCode::OK,
+        "the request in flight is not cut"
+    );
+}

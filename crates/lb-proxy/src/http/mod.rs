@@ -1,7 +1,7 @@
 //! HTTP forwarding with hyper 1.x: [`Forward`] (the per-backend service
 //! under [`Balance`](crate::Balance)), [`ErrorPages`] (errors as 502 / 503 /
-//! 504 responses), [`Server`] (HTTP/1.1 and h2c clients), and [`Proxy`],
-//! the three composed.
+//! 504 responses), [`Server`] (HTTP/1.1 and h2c clients), [`Proxy`], the
+//! three composed, and [`Redirect`] (balancing by redirecting clients).
 //!
 //! ```no_run
 //! use lb_core::{Backend, Pool};
@@ -28,6 +28,7 @@ mod forward;
 pub(crate) mod headers;
 mod idle;
 mod pages;
+mod redirect;
 mod server;
 mod upgrade;
 
@@ -35,6 +36,7 @@ pub use forward::{Forward, ForwardConfig, ForwardFuture, HostHeader};
 pub use headers::{X_FORWARDED_FOR, X_FORWARDED_PROTO};
 pub use idle::IdleBody;
 pub use pages::{error_text, text_response, ErrorPages, ErrorPagesLayer, PagesFuture, ProxyBody};
+pub use redirect::{Redirect, RedirectFuture, RedirectLayer, Unavailable};
 pub use server::Server;
 
 use crate::pick::{Balance, BalanceLayer};

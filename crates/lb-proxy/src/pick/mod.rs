@@ -14,7 +14,7 @@ mod body;
 mod error;
 mod future;
 mod policy;
-mod service;
+pub(crate) mod service;
 
 pub use body::{Lease, LeasedBody, Upstream, UpstreamBody};
 pub use error::{classify, BoxError, Error, OutcomeError};

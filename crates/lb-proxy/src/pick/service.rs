@@ -28,6 +28,7 @@ thread_local! {
 }
 
 /// What every clone of a [`Balance`] shares.
+#[derive(Clone)]
 pub(crate) struct Shared {
     pub(crate) lb: Balancer,
     pub(crate) key: Option<Arc<dyn KeyExtractor>>,
