@@ -2,6 +2,7 @@
 //!
 //! (crate docs are filled in below as the modules land)
 
+pub mod config;
 mod drain;
 pub mod http;
 mod key;
