@@ -2,11 +2,13 @@
 //!
 //! (crate docs are filled in below as the modules land)
 
+pub mod admin;
 pub mod config;
 mod drain;
 pub mod http;
 mod key;
 mod pick;
+pub mod status;
 
 pub use drain::{drain, Drained};
 pub use key::{KeyExtractor, KeyInput, KeyTemplate, KeyTemplateError};
