@@ -438,123 +438,90 @@ async fn websocket_upgrade_passes_through() {
 }
 
 #[tokio::test]
-async fn redirect_layer_points_clients_at_backends() {
-    use lb_proxy::http::{RedirectLayer, Server, Unavailable};
-    use tower::Layer;
+async fn http2_prior_knowledge_clients_are_served() {
+    use hyper_util::client::legacy::{connect::HttpConnector, Client};
     let (a, b) = (
         backend("a", "127.0.0.1").await,
         backend("b", "127.0.0.1").await,
     );
-    let lb = balancer(&[(&a, 1), (&b, 1)], "rr");
-    let svc = RedirectLayer::new(lb.clone()).layer(Unavailable);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(Server::new().serve(listener, svc));
-    let cl = client();
-    let mut seen = Vec::new();
-    for _ in 0..2 {
-        let req = Request::get(format!("http://{addr}/x/y?z=1"))
-            .body(http_body_util::Full::new(Bytes::new()).boxed())
-            .unwrap();
-        let resp = tokio::time::timeout(STEP, cl.request(req))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::FOUND);
-        seen.push(resp.headers()["location"].to_str().unwrap().to_owned());
-    }
-    assert_eq!(
-        seen,
-        vec![
-            format!("http://{}/x/y?z=1", a.addr),
-            format!("http://{}/x/y?z=1", b.addr)
-        ]
-    );
-    assert_eq!(
-        a.hits.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "redirects never touch backends"
-    );
-    for m in lb.pool().load().members() {
-        lb.pool().set_weight(m.id(), 0).unwrap();
-    }
-    let (status, body) = get(&cl, addr, "/").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    task.abort();
-}
-
-#[tokio::test]
-async fn drain_waits_for_requests_in_flight_then_completes() {
-    let (a, b) = (
-        backend("a", "127.0.0.1").await,
-        backend("b", "127.0.0.1").await,
-    );
-    let lb = balancer(&[(&a, 1), (&b, 1)], "rr");
     let p = start_proxy(
         "127.0.0.1",
-        BalanceLayer::new(lb.clone()),
+        BalanceLayer::new(balancer(&[(&a, 1), (&b, 1)], "rr")),
         ForwardConfig::default(),
     )
     .await;
-    let id = lb.pool().find("a").unwrap();
-    let cl = client();
-    // A slow request lands on a (rr starts there) and stays in flight.
-    let slow = tokio::spawn({
-        let cl = cl.clone();
-        let addr = p.addr;
-        async move { get(&cl, addr, "/slow?ms=400").await }
-    });
-    let m = lb.pool().load().get(id).unwrap().clone();
-    let started = async {
-        while m.active() == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(STEP, started).await.unwrap();
-    let drain = tokio::spawn(lb_proxy::drain(
-        lb.pool().clone(),
-        id,
-        Duration::from_secs(20),
-    ));
+    let h2: Client<HttpConnector, http_body_util::Full<Bytes>> =
+        Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build(HttpConnector::new());
+    let mut seen = String::new();
+    for path in ["/", "/", "/headers"] {
+        let resp = tokio::time::timeout(
+            STEP,
+            h2.get(format!("http://{}{path}", p.addr).parse().unwrap()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        seen.push_str(&String::from_utf8_lossy(&body));
+        seen.push('|');
+    }
+    assert!(seen.starts_with("a|b|"), "{seen}");
+    assert!(
+        seen.contains(&format!("host: {}\n", p.addr)),
+        "the HTTP/2 authority becomes Host: {seen}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_is_never_sent_twice() {
+    let (a, b) = (
+        backend("a", "127.0.0.1").await,
+        backend("b", "127.0.0.1").await,
+    );
+    let lb = balancer(&[(&a, 1), (&b, 1)], "rr");
+    let rec = Arc::new(Recorder::default());
+    let layer = BalanceLayer::new(lb)
+        .observer(rec.clone())
+        .retry(Retry::default().tries(3));
+    let p = start_proxy("127.0.0.1", layer, ForwardConfig::default()).await;
+    a.kill();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    // Quiesced: new requests all go to b while a finishes.
-    assert_eq!(names(&cl, p.addr, 4).await, "bbbb");
-    assert_eq!(slow.await.unwrap(), (StatusCode::OK, "a".to_owned()));
-    let done = tokio::time::timeout(STEP, drain)
+    // PUT is idempotent, but its body is gone once sent: a's refusal is the answer.
+    let req = Request::put(format!("http://{}/upload", p.addr))
+        .body(http_body_util::Full::new(Bytes::from_static(b"payload")).boxed())
+        .unwrap();
+    let resp = tokio::time::timeout(STEP, client().request(req))
         .await
         .unwrap()
-        .unwrap()
         .unwrap();
-    assert!(done.is_complete(), "{done}");
-    assert_eq!(done.previous_weight, 1);
-    // A short deadline with a request still in flight reports it.
-    lb.pool().set_weight(id, 1).unwrap();
-    let slow = tokio::spawn({
-        let cl = cl.clone();
-        let addr = p.addr;
-        async move { get(&cl, addr, "/slow?ms=1000").await }
-    });
-    let started = async {
-        while lb.pool().load().members().iter().all(|m| m.active() == 0) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(STEP, started).await.unwrap();
-    let busy = lb
-        .pool()
-        .load()
-        .members()
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(rec.outcomes().len(), 1, "one attempt only");
+    assert_eq!(b.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // The same PUT with an empty body is retried on b (rr sends one of
+    // these two to a first).
+    for _ in 0..2 {
+        let req = Request::put(format!("http://{}/upload", p.addr))
+            .body(http_body_util::Full::new(Bytes::new()).boxed())
+            .unwrap();
+        let resp = tokio::time::timeout(STEP, client().request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    let failed = rec
+        .outcomes()
         .iter()
-        .find(|m| m.active() > 0)
-        .unwrap()
-        .id();
-    let cut = lb_proxy::drain(lb.pool().clone(), busy, Duration::from_millis(100))
-        .await
-        .unwrap();
-    assert_eq!(cut.left, 1, "{cut}");
+        .filter(|(_, o)| !o.is_success())
+        .count();
     assert_eq!(
-        slow.await.unwrap().0,
-        StatusCode::OK,
-        "the request in flight is not cut"
+        (rec.outcomes().len(), failed),
+        (4, 2),
+        "{:?}",
+        rec.outcomes()
     );
 }
