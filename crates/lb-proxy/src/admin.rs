@@ -2,7 +2,7 @@
 //!
 //! | request | effect |
 //! |---|---|
-//! | `GET /status` | the [`status::table`](crate::status::table) as text |
+//! | `GET /status` | the [`crate::status::table`] as text |
 //! | `GET /status?format=json` | the same as JSON |
 //! | `GET /metrics` | Prometheus text metrics |
 //! | `POST /backends/NAME/weight?value=N` | set the weight (0 quiesces) |

@@ -6,23 +6,6 @@
 //! the key of each request into a reused buffer, without allocating once the
 //! buffer has grown. Anything that implements [`KeyExtractor`] can take its
 //! place (a closure-like user type reading any part of the request).
-//!
-//! Variables follow nginx's `ngx_http_variables.c`:
-//!
-//! | variable | value |
-//! |---|---|
-//! | `$request_uri` | the URI as received: path and query (`/a/b?x=1`) |
-//! | `$uri` | the path, without the query (not percent-decoded, unlike nginx) |
-//! | `$args`, `$query_string` | the query, without `?` |
-//! | `$arg_NAME` | the first query parameter `NAME`, raw (not decoded) |
-//! | `$host` | the Host header (or the URI's authority for HTTP/2), port removed, lower-cased |
-//! | `$http_NAME` | the header `NAME` (`_` in NAME stands for `-`; case-insensitive); several are joined with `, ` |
-//! | `$cookie_NAME` | the cookie `NAME` from the Cookie header(s) |
-//! | `$remote_addr`, `$remote_port` | the client's IP and port |
-//! | `$server_addr`, `$server_port` | the local address the request came in on |
-//! | `$request_method`, `$scheme` | `GET`...; `http` |
-//!
-//! A variable with no value renders as nothing, as in nginx.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -47,7 +30,7 @@ pub struct KeyInput<'a> {
     pub local: Option<SocketAddr>,
 }
 
-/// Builds the hash key of a request (see the [module docs](self)).
+/// Builds the hash key of a request (see [`KeyTemplate`]).
 ///
 /// Called on the request path for every pick: it must be quick, must not
 /// block, and should write into `out` without allocating more than `out`
@@ -79,6 +62,23 @@ enum Part {
 /// A hash key template in nginx's variable syntax: `"$request_uri"`,
 /// `"$remote_addr"`, `"$http_x_user"`, `"$cookie_session"`, `"$arg_id"`, or
 /// any concatenation with literal text (`"${host}:$uri"`).
+///
+/// Variables follow nginx's `ngx_http_variables.c`:
+///
+/// | variable | value |
+/// |---|---|
+/// | `$request_uri` | the URI as received: path and query (`/a/b?x=1`) |
+/// | `$uri` | the path, without the query (not percent-decoded, unlike nginx) |
+/// | `$args`, `$query_string` | the query, without `?` |
+/// | `$arg_NAME` | the first query parameter `NAME`, raw (not decoded) |
+/// | `$host` | the Host header (or the URI's authority for HTTP/2), port removed, lower-cased |
+/// | `$http_NAME` | the header `NAME` (`_` in NAME stands for `-`; case-insensitive); several are joined with `, ` |
+/// | `$cookie_NAME` | the cookie `NAME` from the Cookie header(s) |
+/// | `$remote_addr`, `$remote_port` | the client's IP and port |
+/// | `$server_addr`, `$server_port` | the local address the request came in on |
+/// | `$request_method`, `$scheme` | `GET`...; `http` |
+///
+/// A variable with no value renders as nothing, as in nginx.
 ///
 /// ```
 /// use lb_proxy::{KeyExtractor, KeyInput, KeyTemplate};

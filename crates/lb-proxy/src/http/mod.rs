@@ -1,5 +1,5 @@
 //! HTTP forwarding with hyper 1.x: [`Forward`] (the per-backend service
-//! under [`Balance`](crate::Balance)), [`ErrorPages`] (errors as 502 / 503 /
+//! under [`Balance`]), [`ErrorPages`] (errors as 502 / 503 /
 //! 504 responses), [`Server`] (HTTP/1.1 and h2c clients), [`Proxy`], the
 //! three composed, and [`Redirect`] (balancing by redirecting clients).
 //!
