@@ -198,6 +198,11 @@ where
                     ));
                     strip_hop_by_hop(resp.headers_mut(), true);
                 }
+                None if switching => {
+                    let msg =
+                        "the backend switched protocols on a request that asked for no switch";
+                    return Err(OutcomeError::new(Outcome::Broken, msg).into());
+                }
                 _ => strip_hop_by_hop(resp.headers_mut(), false),
             }
             *resp.version_mut() = Version::HTTP_11;
