@@ -65,7 +65,8 @@ impl Admin {
 
     /// Answer one request (the same as the service's `call`).
     pub fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
-        let path = percent_decode(req.uri().path());
+        // Split first, decode each name after: a name may hold an encoded `/`.
+        let path = req.uri().path();
         let query = req.uri().query().unwrap_or("");
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
         let r = match (req.method(), segs.as_slice()) {
@@ -360,6 +361,25 @@ mod tests {
         assert!(
             m.contains("lb_backend_weight{backend=\"a\",addr=\"127.0.0.1:9001\"} 7"),
             "{m}"
+        );
+        let (s, _) = call(
+            &a,
+            Method::POST,
+            "/backends?name=x%2Fy%2541&addr=127.0.0.1:9",
+        );
+        assert_eq!(s, StatusCode::CREATED);
+        assert_eq!(
+            call(&a, Method::POST, "/backends/x%2Fy%2541/down").0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            pool.load().members()[2].name(),
+            "x/y%41",
+            "decoded exactly once"
+        );
+        assert_eq!(
+            call(&a, Method::DELETE, "/backends/x%2Fy%2541").0,
+            StatusCode::OK
         );
         assert_eq!(call(&a, Method::DELETE, "/backends/b").0, StatusCode::OK);
         assert_eq!(pool.load().len(), 1);
