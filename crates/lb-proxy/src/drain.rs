@@ -46,7 +46,8 @@ impl fmt::Display for Drained {
     }
 }
 
-/// Drain `backend`: set its weight to 0 at once (quiesce: no scheduler
+/// Drain `backend`: set its weight to 0 at once, clearing any effective
+/// weight a slow start had set (quiesce: no scheduler
 /// gives it a new connection or request, and persistence templates keep
 /// pointing at it as LVS's do for a quiesced server), then wait until its
 /// open connections (active + inactive in its
@@ -87,14 +88,22 @@ pub async fn drain(
     deadline: Duration,
 ) -> Result<Drained, PoolError> {
     let start = Instant::now();
-    let (counters, previous_weight) = {
+    let (counters, previous_weight, overridden) = {
         let snap = pool.load();
         let m = snap
             .get(backend)
             .ok_or(PoolError::UnknownBackend(backend))?;
-        (m.counters().clone(), m.configured_weight())
+        let overridden = m.weight() != m.configured_weight();
+        (m.counters().clone(), m.configured_weight(), overridden)
     };
-    pool.set_weight(backend, 0)?;
+    pool.batch(|b| {
+        b.set_weight(backend, 0)?;
+        // An effective weight (slow start) would otherwise keep it busy.
+        if overridden {
+            b.set_effective_weight(backend, None)?;
+        }
+        Ok(())
+    })?;
     tracing::info!(%backend, ?deadline, "draining");
     let end = start + deadline;
     loop {
@@ -136,6 +145,18 @@ mod tests {
         assert_eq!(d.waited, Duration::from_secs(2));
         assert_eq!(pool.load().get(id).unwrap().configured_weight(), 0);
         assert!(d.to_string().contains("2 connection(s) still open"), "{d}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_start_weight_does_not_keep_a_drained_backend_busy() {
+        let pool = Pool::new();
+        let a = Backend::new("a", "127.0.0.1:1".parse().unwrap()).with_weight(5);
+        let id = pool.add(a).unwrap();
+        pool.set_effective_weight(id, Some(1)).unwrap();
+        let d = drain(pool.clone(), id, Duration::ZERO).await.unwrap();
+        assert_eq!(d.previous_weight, 5);
+        assert_eq!(pool.load().get(id).unwrap().weight(), 0);
+        assert!(!pool.load().get(id).unwrap().is_eligible());
     }
 
     #[tokio::test]
