@@ -1,0 +1,330 @@
+//! Configuration of an HTTP load balancer, nginx-upstream-like, from TOML
+//! or command-line backend specs.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//! admin = "127.0.0.1:8081"          # status, metrics and runtime changes
+//! scheduler = "wrr"                 # a registry spec: "rr", "sh port fallback"...
+//! hash_key = "$remote_addr"         # the key hashing schedulers use (optional)
+//! host = "preserve"                 # "preserve", "backend", or a fixed Host value
+//! forwarded_headers = true          # X-Forwarded-For, X-Forwarded-Proto, Forwarded
+//!
+//! [persistence]                     # LVS -p (optional)
+//! timeout = "300s"
+//! netmask = "255.255.255.255"
+//!
+//! [timeouts]
+//! connect = "5s"                    # proxy_connect_timeout
+//! response = "60s"                  # until the response head
+//! idle = "60s"                      # between body pieces; idle keep-alive
+//! client_header = "30s"             # a client's request head
+//!
+//! [retry]                           # proxy_next_upstream*
+//! tries = 3
+//! timeout = "10s"
+//! on_error = true
+//! on_status = [502, 503, 504]
+//!
+//! [health]                          # active and passive checks
+//! interval = "2s"
+//! timeout = "1s"
+//! rise = 2
+//! fall = 3
+//! path = "/health"
+//! max_fails = 1
+//! fail_timeout = "10s"
+//!
+//! [[backend]]
+//! name = "web1"                     # defaults to the address
+//! addr = "127.0.0.1:9001"
+//! weight = 2                        # 0..=65535, default 1
+//! backup = false                    # used only when no primary is usable
+//! down = false                      # starts down
+//! max_conns = 0                     # 0 = no limit
+//! ```
+//!
+//! Durations are numbers with a unit (`500ms`, `5s`, `2m`, `1h`) or plain
+//! integers (seconds). Every mistake is an error naming the file, the line,
+//! the key and the problem; unknown keys are refused.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use lb_core::{Backend, Health, Pool, PoolError};
+use lb_sched::Balancer;
+
+use crate::http::{ForwardConfig, HostHeader};
+use crate::key::KeyTemplate;
+use crate::pick::{BalanceLayer, Retry};
+
+mod parse;
+#[cfg(test)]
+mod tests;
+
+pub use parse::parse_duration;
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// Where the admin API listens, if anywhere.
+    pub admin: Option<SocketAddr>,
+    /// The scheduler spec, as the `lb_sched` registry takes it (checked).
+    pub scheduler: String,
+    /// The hash key template, if any.
+    pub hash_key: Option<KeyTemplate>,
+    /// The Host header sent to backends.
+    pub host: HostHeader,
+    /// Whether to add `X-Forwarded-*` and `Forwarded`.
+    pub forwarded_headers: bool,
+    /// LVS-style persistence, if asked for.
+    pub persistence: Option<Persistence>,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// When to try the next backend.
+    pub retry: Retry,
+    /// Health checking settings.
+    pub health: HealthSettings,
+    /// The backends, in pool order.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// LVS persistence (`ipvsadm -p TIMEOUT -M NETMASK`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Persistence {
+    /// How long a client's template outlives its last connection.
+    pub timeout: Duration,
+    /// The client netmask templates key on.
+    pub netmask: Ipv4Addr,
+    /// Drop templates pointing at a quiesced (weight 0) backend.
+    pub expire_quiescent: bool,
+}
+
+impl Persistence {
+    /// The `persist` line of the scheduler replay format for these settings.
+    pub fn spec(&self) -> String {
+        let mut s = format!(
+            "persist {} netmask={}",
+            self.timeout.as_secs(),
+            self.netmask
+        );
+        if self.expire_quiescent {
+            s.push_str(" expire_quiescent");
+        }
+        s
+    }
+}
+
+/// Timeouts of the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connecting to a backend.
+    pub connect: Duration,
+    /// Waiting for a backend's response head.
+    pub response: Duration,
+    /// Silence inside a response body; idle keep-alive to backends.
+    pub idle: Duration,
+    /// Waiting for a client's request head.
+    pub client_header: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            response: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+            client_header: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Health checking settings: active probes (`interval`, `timeout`, `rise`,
+/// `fall`, `path`) as keepalived and HAProxy, passive ones (`max_fails`
+/// within `fail_timeout`) as nginx.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthSettings {
+    /// Whether active checks run (true when a `[health]` section is given).
+    pub enabled: bool,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Limit on one probe.
+    pub timeout: Duration,
+    /// Successes in a row that bring a backend up.
+    pub rise: u32,
+    /// Failures in a row that take a backend down.
+    pub fall: u32,
+    /// The path an HTTP probe GETs; none means a TCP connect probe.
+    pub path: Option<String>,
+    /// Failed requests within `fail_timeout` that take a backend out (0 = never).
+    pub max_fails: u32,
+    /// The window for `max_fails`, and how long the backend stays out.
+    pub fail_timeout: Duration,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        HealthSettings {
+            enabled: false,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            path: None,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One backend of the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// The name (defaults to the address).
+    pub name: String,
+    /// The address.
+    pub addr: SocketAddr,
+    /// The weight, `0..=65535`.
+    pub weight: u32,
+    /// A backup server.
+    pub backup: bool,
+    /// Starts down.
+    pub down: bool,
+    /// Connection limit (0 = none).
+    pub max_conns: u32,
+}
+
+impl BackendConfig {
+    /// The backend as the pool takes it.
+    pub fn to_backend(&self) -> Backend {
+        let health = if self.down { Health::Down } else { Health::Up };
+        Backend::new(self.name.as_str(), self.addr)
+            .with_weight(u64::from(self.weight))
+            .with_backup(self.backup)
+            .with_health(health)
+            .with_max_conns(u64::from(self.max_conns))
+    }
+}
+
+/// A configuration mistake: where it is and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, when the configuration came from one.
+    pub file: Option<String>,
+    /// The line (1-based), when known.
+    pub line: Option<usize>,
+    /// The key (`backend[1].weight`), when the mistake is in one value.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: None,
+            line: None,
+            key: Some(key.into()),
+            message: message.into(),
+        }
+    }
+
+    fn in_file(mut self, file: Option<&Path>) -> Self {
+        self.file = file.map(|f| f.display().to_string());
+        self
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, "{file}:{line}: ")?,
+            (Some(file), None) => write!(f, "{file}: ")?,
+            (None, Some(line)) => write!(f, "line {line}: ")?,
+            (None, None) => {}
+        }
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Read and check a TOML file; errors name the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.display().to_string()),
+            line: None,
+            key: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::from_toml(&text).map_err(|e| e.in_file(Some(path)))
+    }
+
+    /// Parse and check TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        parse::from_toml(text)
+    }
+
+    /// A configuration for the simple case: a listener, backends, a scheduler.
+    pub fn simple(
+        listen: SocketAddr,
+        backends: Vec<BackendConfig>,
+        scheduler: &str,
+    ) -> Result<Config, ConfigError> {
+        let mut c = Config::simple_unchecked(listen);
+        c.scheduler = scheduler.trim().to_owned();
+        c.backends = backends;
+        parse::check(&c, None)?;
+        Ok(c)
+    }
+
+    /// A pool holding the backends, in order.
+    pub fn pool(&self) -> Result<Pool, PoolError> {
+        let pool = Pool::new();
+        pool.batch(|b| {
+            for be in &self.backends {
+                b.add(be.to_backend())?;
+            }
+            Ok(())
+        })?;
+        Ok(pool)
+    }
+
+    /// The pool with its scheduler attached.
+    pub fn balancer(&self) -> Result<Balancer, ConfigError> {
+        let sched = lb_sched::build(&self.scheduler)
+            .map_err(|e| ConfigError::new("scheduler", e.to_string()))?;
+        let pool = self
+            .pool()
+            .map_err(|e| ConfigError::new("backend", e.to_string()))?;
+        Ok(Balancer::new(pool, sched))
+    }
+
+    /// The balancing layer: key, retry policy (add an observer yourself).
+    pub fn balance_layer(&self, lb: Balancer) -> BalanceLayer {
+        let layer = BalanceLayer::new(lb).retry(self.retry);
+        match &self.hash_key {
+            Some(k) => layer.key(k.clone()),
+            None => layer,
+        }
+    }
+
+    /// The forwarding settings.
+    pub fn forward_config(&self) -> ForwardConfig {
+        ForwardConfig {
+            connect_timeout: Some(self.timeouts.connect),
+            response_timeout: Some(self.timeouts.response),
+            idle_timeout: Some(self.timeouts.idle),
+            host: self.host.clone(),
+            forwarded_headers: self.forwarded_headers,
+            ..ForwardConfig::default()
+        }
+    }
+}

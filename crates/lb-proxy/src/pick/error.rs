@@ -1,0 +1,216 @@
+//! Errors of the balancing service and how they are classified.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use http::StatusCode;
+use lb_core::Outcome;
+
+/// A boxed error, as tower passes them around.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Why a balanced request got no response.
+///
+/// Callers map it to an answer with [`status`](Error::status): 503 when no
+/// backend was eligible, 504 when the last backend tried timed out, 502
+/// otherwise (what nginx answers in the same cases).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// No backend was eligible for the first pick: all are down, quiesced,
+    /// full, or the pool is empty.
+    NoBackend,
+    /// The last backend tried failed, and no retry was possible.
+    Backend {
+        /// The backend's name.
+        backend: Arc<str>,
+        /// How the attempt ended.
+        outcome: Outcome,
+        /// The inner service's error.
+        source: BoxError,
+    },
+    /// The inner service failed to become ready (a tower readiness error,
+    /// not tied to a backend).
+    Service(BoxError),
+}
+
+impl Error {
+    /// The HTTP status a proxy answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Backend {
+                outcome: Outcome::Timeout,
+                ..
+            } => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The outcome of the last attempt, if a backend was tried.
+    pub fn outcome(&self) -> Option<Outcome> {
+        match self {
+            Error::Backend { outcome, .. } => Some(*outcome),
+            _ => None,
+        }
+    }
+
+    /// Whether no backend was eligible.
+    pub fn is_no_backend(&self) -> bool {
+        matches!(self, Error::NoBackend)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NoBackend => fmt::Display::fmt(&lb_core::NoBackend, f),
+            Error::Backend {
+                backend,
+                outcome,
+                source,
+            } => write!(f, "backend {backend}: {outcome}: {source}"),
+            Error::Service(e) => write!(f, "service not ready: {e}"),
+        }
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Error::NoBackend => None,
+            Error::Backend { source, .. } | Error::Service(source) => Some(&**source),
+        }
+    }
+}
+
+/// An error that knows the [`Outcome`] it stands for. Inner services of
+/// [`Balance`](crate::Balance) return it (or wrap it anywhere in their
+/// error's `source()` chain) to classify their failures exactly.
+#[derive(Debug)]
+pub struct OutcomeError {
+    outcome: Outcome,
+    sent: bool,
+    source: BoxError,
+}
+
+impl OutcomeError {
+    /// An error for `outcome`, caused by `source`, after the request may
+    /// have reached the backend.
+    pub fn new(outcome: Outcome, source: impl Into<BoxError>) -> Self {
+        OutcomeError {
+            outcome,
+            sent: true,
+            source: source.into(),
+        }
+    }
+
+    /// An error for `outcome` before anything was sent to the backend (it
+    /// could not be reached): such requests may be sent elsewhere whatever
+    /// their method.
+    pub fn unsent(outcome: Outcome, source: impl Into<BoxError>) -> Self {
+        OutcomeError {
+            outcome,
+            sent: false,
+            source: source.into(),
+        }
+    }
+
+    /// Whether the request may have reached the backend.
+    pub fn was_sent(&self) -> bool {
+        self.sent
+    }
+
+    /// The outcome.
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+}
+
+impl fmt::Display for OutcomeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.outcome, self.source)
+    }
+}
+
+impl StdError for OutcomeError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// How an attempt's error counts for passive health and retries.
+///
+/// Walks the error's `source()` chain: an [`OutcomeError`] decides; an
+/// [`io::Error`] of kind `TimedOut` or a tokio timeout is
+/// [`Outcome::Timeout`]; a refused, reset-before-connect or unreachable
+/// [`io::Error`] or a hyper-util connect error is [`Outcome::ConnectFailed`];
+/// anything else is [`Outcome::Broken`].
+pub fn classify(err: &(dyn StdError + 'static)) -> Outcome {
+    classify_sent(err).0
+}
+
+/// [`classify`], and whether the request may have reached the backend
+/// (false for connect errors, connect timeouts included).
+pub(crate) fn classify_sent(err: &(dyn StdError + 'static)) -> (Outcome, bool) {
+    let mut connect = false;
+    let mut timeout = false;
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(o) = e.downcast_ref::<OutcomeError>() {
+            return (o.outcome(), o.was_sent());
+        }
+        timeout |= e.is::<tokio::time::error::Elapsed>();
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            match io.kind() {
+                io::ErrorKind::TimedOut => timeout = true,
+                io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::AddrNotAvailable
+                | io::ErrorKind::HostUnreachable
+                | io::ErrorKind::NetworkUnreachable => connect = true,
+                _ => {}
+            }
+        }
+        if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+            connect |= h.is_connect();
+        }
+        cur = e.source();
+    }
+    match (timeout, connect) {
+        (true, c) => (Outcome::Timeout, !c),
+        (false, true) => (Outcome::ConnectFailed, false),
+        (false, false) => (Outcome::Broken, true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_walks_the_chain() {
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert_eq!(classify(&refused), Outcome::ConnectFailed);
+        let timed = OutcomeError::new(Outcome::Broken, io::Error::from(io::ErrorKind::TimedOut));
+        assert_eq!(classify(&timed), Outcome::Broken, "an OutcomeError decides");
+        let wrapped = Error::Service(Box::new(io::Error::from(io::ErrorKind::TimedOut)));
+        assert_eq!(classify(&wrapped), Outcome::Timeout);
+        let other = io::Error::other("boom");
+        assert_eq!(classify(&other), Outcome::Broken);
+    }
+
+    #[test]
+    fn statuses_follow_nginx() {
+        assert_eq!(Error::NoBackend.status(), 503);
+        let e = |outcome| Error::Backend {
+            backend: "a".into(),
+            outcome,
+            source: "x".into(),
+        };
+        assert_eq!(e(Outcome::Timeout).status(), 504);
+        assert_eq!(e(Outcome::ConnectFailed).status(), 502);
+        assert_eq!(e(Outcome::Broken).status(), 502);
+    }
+}
