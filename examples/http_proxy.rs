@@ -41,8 +41,15 @@ struct Args {
     #[arg(long, conflicts_with_all = ["config", "listen", "backend"])]
     demo: bool,
     /// A TOML configuration file (see lb_proxy::config).
-    #[arg(long, short, conflicts_with_all = ["listen", "backend", "sched"])]
+    #[arg(long, short, conflicts_with_all = ["listen", "backend", "sched", "nginx_conf"])]
     config: Option<PathBuf>,
+    /// Serve an nginx `upstream { ... }` block: a file of upstream blocks,
+    /// or a whole nginx.conf. Needs --listen.
+    #[arg(long, conflicts_with_all = ["backend", "sched", "hash_key"])]
+    nginx_conf: Option<PathBuf>,
+    /// Which upstream block of --nginx-conf (needed when it has several).
+    #[arg(long, requires = "nginx_conf")]
+    upstream: Option<String>,
     /// Where clients connect.
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -93,6 +100,9 @@ fn config_from(args: &Args) -> Result<Config, String> {
     if let Some(path) = &args.config {
         return Config::load(path).map_err(|e| e.to_string());
     }
+    if let Some(path) = &args.nginx_conf {
+        return nginx_config(args, path);
+    }
     let listen = args
         .listen
         .ok_or("give --listen ADDR and --backend ADDR (or --config FILE, or --demo)")?;
@@ -113,6 +123,28 @@ fn config_from(args: &Args) -> Result<Config, String> {
     Ok(config)
 }
 
+/// A configuration from an nginx `upstream` block (warnings are printed).
+fn nginx_config(args: &Args, path: &std::path::Path) -> Result<Config, String> {
+    let listen = args
+        .listen
+        .ok_or("--nginx-conf needs --listen ADDR (nginx's `listen` is not read)")?;
+    let file = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{file}: {e}"))?;
+    let conf = lb_proxy::nginx_conf::parse(&text).map_err(|e| format!("{file}: {e}"))?;
+    for w in &conf.warnings {
+        eprintln!(
+            "http_proxy: {file}: line {}: warning: {}",
+            w.line, w.message
+        );
+    }
+    let up = conf
+        .upstream(args.upstream.as_deref())
+        .map_err(|e| format!("{file}: {e}"))?;
+    let mut config = Config::from_nginx(up, listen).map_err(|e| format!("{file}: {e}"))?;
+    config.admin = args.admin;
+    Ok(config)
+}
+
 /// The running balancer: its address, its admin address, its tasks.
 struct Running {
     listen: SocketAddr,
@@ -130,11 +162,6 @@ async fn start(config: &Config) -> Result<Running, String> {
     // (`config.health.interval`, `timeout`, `rise`, `fall`, `path`) should
     // be started on `lb.pool().clone()` when `config.health.enabled`.
     let observer: Arc<dyn Observer> = Arc::new(IgnoreOutcomes);
-    // LEAD: persistence (`config.persistence`, LVS -p) is parsed and checked;
-    // apply it when lb-sched's persistence wrapper lands.
-    if config.persistence.is_some() {
-        eprintln!("http_proxy: note: [persistence] is not applied yet by this build");
-    }
 
     let svc = proxy(
         config.balance_layer(lb.clone()).observer(observer),

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+
 const NAMES: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
 
 fn nginx_binary() -> Option<PathBuf> {
@@ -181,16 +183,7 @@ fn is_root() -> bool {
 }
 
 fn http_proxy_binary() -> PathBuf {
-    // target/debug/deps/nginx_diff-HASH -> target/debug/examples/http_proxy
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("examples").join("http_proxy");
-    assert!(
-        bin.exists(),
-        "{} is missing: cargo test builds examples",
-        bin.display()
-    );
-    bin
+    support::example_binary("http_proxy")
 }
 
 fn start_ours(dir: &Path, block: &str, port: u16) -> Killed {

@@ -15,6 +15,8 @@ use std::process::Command;
 
 use lb_examples::replay;
 
+mod support;
+
 /// Every scheduler name of SCHEDULERS.md and SCHEDULERS-NGINX.md.
 const CONTRACT_NAMES: &[&str] = &[
     "rr",
@@ -274,42 +276,8 @@ fn echo_prints_each_command_before_its_output() {
     assert!(err.starts_with("t: line 5: "), "{err}");
 }
 
-/// The built example binary, next to this test's own executable.
 fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("sched_replay{}", std::env::consts::EXE_SUFFIX));
-    // Build it (a no-op when up to date) with the profile this test uses.
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo
-        .current_dir(root())
-        .args(["build", "--quiet", "--example", "sched_replay"]);
-    match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => {}
-        Some("release") => {
-            cargo.arg("--release");
-        }
-        Some(other) => {
-            cargo.args(["--profile", other]);
-        }
-    }
-    if let Some(target) = profile_dir.parent() {
-        cargo.arg("--target-dir").arg(target);
-    }
-    let status = cargo
-        .status()
-        .expect("run cargo build --example sched_replay");
-    assert!(
-        status.success(),
-        "cargo build --example sched_replay failed"
-    );
-    assert!(bin.exists(), "{} was not built", bin.display());
-    bin
+    support::example_binary("sched_replay")
 }
 
 #[test]

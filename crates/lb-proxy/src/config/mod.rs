@@ -195,17 +195,24 @@ pub struct BackendConfig {
     pub down: bool,
     /// Connection limit (0 = none).
     pub max_conns: u32,
+    /// The server text consistent hashing hashes (nginx's `server`
+    /// argument as written); the address when absent.
+    pub server_text: Option<String>,
 }
 
 impl BackendConfig {
     /// The backend as the pool takes it.
     pub fn to_backend(&self) -> Backend {
         let health = if self.down { Health::Down } else { Health::Up };
-        Backend::new(self.name.as_str(), self.addr)
+        let b = Backend::new(self.name.as_str(), self.addr)
             .with_weight(u64::from(self.weight))
             .with_backup(self.backup)
             .with_health(health)
-            .with_max_conns(u64::from(self.max_conns))
+            .with_max_conns(u64::from(self.max_conns));
+        match &self.server_text {
+            Some(t) => b.with_server_text(t.as_str()),
+            None => b,
+        }
     }
 }
 
@@ -297,10 +304,61 @@ impl Config {
         Ok(pool)
     }
 
-    /// The pool with its scheduler attached.
+    /// A configuration serving an nginx `upstream { ... }` block on
+    /// `listen`: its servers, method, hash key and passive health settings
+    /// (`max_fails` / `fail_timeout` of its first server; nginx keeps them per
+    /// server, this toolkit per pool).
+    pub fn from_nginx(
+        up: &crate::nginx_conf::Upstream,
+        listen: SocketAddr,
+    ) -> Result<Config, ConfigError> {
+        let mut c = Config::simple_unchecked(listen);
+        c.scheduler = up.sched_spec().to_owned();
+        if let Some(k) = up.hash_key() {
+            c.hash_key = Some(
+                KeyTemplate::parse(k)
+                    .map_err(|e| ConfigError::new("hash", format!("{k:?}: {e}")))?,
+            );
+        }
+        let pool = up
+            .to_pool()
+            .map_err(|e| ConfigError::new(format!("upstream {}", up.name), e.to_string()))?;
+        c.backends = pool
+            .load()
+            .members()
+            .iter()
+            .map(|m| BackendConfig {
+                name: m.name().to_owned(),
+                addr: m.addr(),
+                weight: m.configured_weight(),
+                backup: m.is_backup(),
+                down: !m.is_up(),
+                max_conns: m.max_conns(),
+                server_text: Some(m.server_text().to_owned()),
+            })
+            .collect();
+        if let Some(first) = up.servers.first() {
+            c.health.max_fails = first.max_fails;
+            c.health.fail_timeout = first.fail_timeout;
+        }
+        // nginx tries every server of the upstream once per request at most.
+        c.retry = c.retry.tries(up.servers.len());
+        parse::check(&c, None)?;
+        Ok(c)
+    }
+
+    /// The pool with its scheduler attached (wrapped in LVS persistence
+    /// when [`persistence`](Self::persistence) is set).
     pub fn balancer(&self) -> Result<Balancer, ConfigError> {
-        let sched = lb_sched::build(&self.scheduler)
+        let mut sched = lb_sched::build(&self.scheduler)
             .map_err(|e| ConfigError::new("scheduler", e.to_string()))?;
+        if let Some(p) = &self.persistence {
+            sched = Box::new(
+                lb_sched::Persist::new(sched, p.timeout)
+                    .with_netmask(p.netmask)
+                    .with_expire_quiescent(p.expire_quiescent),
+            );
+        }
         let pool = self
             .pool()
             .map_err(|e| ConfigError::new("backend", e.to_string()))?;

@@ -268,6 +268,7 @@ fn backend(src: &Src<'_>, i: usize, b: &RawBackend) -> Result<BackendConfig, Con
         backup: b.backup.unwrap_or(false),
         down: b.down.unwrap_or(false),
         max_conns,
+        server_text: None,
     })
 }
 
@@ -457,6 +458,7 @@ impl FromStr for BackendConfig {
             backup: false,
             down: false,
             max_conns: 0,
+            server_text: None,
         };
         for item in items {
             let (k, v) = match item.split_once('=') {
