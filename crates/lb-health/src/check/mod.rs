@@ -229,6 +229,22 @@ impl Checker for Check {
     }
 }
 
+/// A shared checker is a checker (so a test or an application can keep a
+/// handle on the checker it gives away).
+impl<C: Checker + ?Sized> Checker for Arc<C> {
+    fn check<'a>(&'a self, target: &'a Target) -> CheckFuture<'a> {
+        (**self).check(target)
+    }
+
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn key(&self) -> Option<String> {
+        (**self).key()
+    }
+}
+
 impl From<Arc<dyn Checker>> for Check {
     fn from(c: Arc<dyn Checker>) -> Self {
         Check(c)

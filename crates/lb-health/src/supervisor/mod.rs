@@ -96,7 +96,11 @@ impl fmt::Debug for Supervisor {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Wake the driver so it sees the supervisor is gone and ends.
+        // Write what is pending (the last verdicts of a stopped checker),
+        // then wake the driver so it sees the supervisor is gone and ends.
+        let mut book = self.book.lock();
+        self.run(&mut book, Instant::now());
+        drop(book);
         self.wake.notify_one();
     }
 }
@@ -285,9 +289,12 @@ impl Supervisor {
             }
         }
         for (id, change) in changed {
-            self.after_update(&mut book, id, change);
+            after_update(&mut book, id, change);
         }
-        self.settle(&mut book);
+        // Written at once: a stopped checker's verdicts are gone when
+        // `stop` returns.
+        self.inner.run(&mut book, now);
+        self.inner.wake.notify_one();
     }
 
     /// Apply `f` to the backend's entry and fold its state; false when the
@@ -302,29 +309,9 @@ impl Supervisor {
         };
         f(e);
         let change = e.update(now, ss, why);
-        self.after_update(&mut book, id, change);
+        after_update(&mut book, id, change);
         self.settle(&mut book);
         true
-    }
-
-    fn after_update(&self, book: &mut Book, id: BackendId, change: Option<Change>) {
-        mark_dirty(book, id);
-        let Some(e) = book.entries.get(&id) else {
-            return;
-        };
-        let (wake, name) = (e.wake, e.name.clone());
-        if let Some(t) = wake {
-            book.timers.push(Reverse((t, id)));
-        }
-        if let Some((old, new, reason)) = change {
-            book.events.push(Event {
-                backend: id,
-                name,
-                old,
-                new,
-                reason,
-            });
-        }
     }
 
     /// Hand pending work to the driver, or do it now without one.
@@ -332,7 +319,7 @@ impl Supervisor {
         if self.driver_alive() {
             self.inner.wake.notify_one();
         } else {
-            self.run(book, Instant::now());
+            self.inner.run(book, Instant::now());
         }
     }
 
@@ -367,7 +354,9 @@ impl Supervisor {
         drop(driver);
         self.inner.wake.notify_one();
     }
+}
 
+impl Inner {
     /// Apply the timers due at `now`, write the pending changes into the
     /// pool and send their events. Returns the next timer.
     fn run(&self, book: &mut Book, now: Instant) -> Option<Instant> {
@@ -384,7 +373,7 @@ impl Supervisor {
                 continue; // superseded
             }
             let change = e.update(now, ss, Reason::SlowStartDone);
-            self.after_update(book, id, change);
+            after_update(book, id, change);
         }
         self.flush(book, now);
         book.timers.peek().map(|Reverse((t, _))| *t)
@@ -394,7 +383,7 @@ impl Supervisor {
         if book.dirty.is_empty() && book.events.is_empty() {
             return;
         }
-        let snap = self.inner.pool.load();
+        let snap = self.pool.load();
         book.entries.retain(|id, _| snap.get(*id).is_some());
         self.check_panic(book, &snap);
         let dirty = std::mem::take(&mut book.dirty);
@@ -418,7 +407,7 @@ impl Supervisor {
             }
         }
         if !writes.is_empty() {
-            let res = self.inner.pool.batch(|b| {
+            let res = self.pool.batch(|b| {
                 for &(id, health, weight) in &writes {
                     if b.members().binary_search_by_key(&id, |m| m.id()).is_err() {
                         continue; // removed meanwhile
@@ -436,7 +425,7 @@ impl Supervisor {
         }
         for ev in book.events.drain(..) {
             log_event(&ev);
-            let _ = self.inner.events.send(ev);
+            let _ = self.events.send(ev);
         }
     }
 
@@ -500,6 +489,26 @@ fn effective_weight(
     (w < configured).then_some(w)
 }
 
+fn after_update(book: &mut Book, id: BackendId, change: Option<Change>) {
+    mark_dirty(book, id);
+    let Some(e) = book.entries.get(&id) else {
+        return;
+    };
+    let (wake, name) = (e.wake, e.name.clone());
+    if let Some(t) = wake {
+        book.timers.push(Reverse((t, id)));
+    }
+    if let Some((old, new, reason)) = change {
+        book.events.push(Event {
+            backend: id,
+            name,
+            old,
+            new,
+            reason,
+        });
+    }
+}
+
 fn entry<'b>(book: &'b mut Book, snap: &Snapshot, id: BackendId) -> Option<&'b mut Entry> {
     let m = snap.get(id)?;
     Some(
@@ -536,9 +545,8 @@ async fn drive(inner: Weak<Inner>, wake: Arc<Notify>) {
     loop {
         let next = {
             let Some(inner) = inner.upgrade() else { return };
-            let sup = Supervisor { inner };
-            let mut book = sup.inner.book.lock();
-            sup.run(&mut book, Instant::now())
+            let mut book = inner.book.lock();
+            inner.run(&mut book, Instant::now())
         };
         match next {
             Some(t) => {
