@@ -285,11 +285,12 @@ impl Supervisor {
         let mut changed = Vec::new();
         for (id, e) in book.entries.iter_mut() {
             if e.vote_up(src) {
-                changed.push((*id, e.update(now, ss, Reason::Withdrawn)));
+                let prev = e.wake;
+                changed.push((*id, prev, e.update(now, ss, Reason::Withdrawn)));
             }
         }
-        for (id, change) in changed {
-            after_update(&mut book, id, change);
+        for (id, prev, change) in changed {
+            after_update(&mut book, id, prev, change);
         }
         // Written at once: a stopped checker's verdicts are gone when
         // `stop` returns.
@@ -308,8 +309,9 @@ impl Supervisor {
             return false;
         };
         f(e);
+        let prev = e.wake;
         let change = e.update(now, ss, why);
-        after_update(&mut book, id, change);
+        after_update(&mut book, id, prev, change);
         self.settle(&mut book);
         true
     }
@@ -373,7 +375,8 @@ impl Inner {
                 continue; // superseded
             }
             let change = e.update(now, ss, Reason::SlowStartDone);
-            after_update(book, id, change);
+            // The popped timer is consumed: any next wake is a new one.
+            after_update(book, id, None, change);
         }
         self.flush(book, now);
         book.timers.peek().map(|Reverse((t, _))| *t)
@@ -489,13 +492,20 @@ fn effective_weight(
     (w < configured).then_some(w)
 }
 
-fn after_update(book: &mut Book, id: BackendId, change: Option<Change>) {
+/// Mark the entry for writing, schedule its next wake (unless it was
+/// already scheduled for that instant) and queue its event.
+fn after_update(
+    book: &mut Book,
+    id: BackendId,
+    prev_wake: Option<Instant>,
+    change: Option<Change>,
+) {
     mark_dirty(book, id);
     let Some(e) = book.entries.get(&id) else {
         return;
     };
     let (wake, name) = (e.wake, e.name.clone());
-    if let Some(t) = wake {
+    if let Some(t) = wake.filter(|t| Some(*t) != prev_wake) {
         book.timers.push(Reverse((t, id)));
     }
     if let Some((old, new, reason)) = change {
@@ -557,5 +567,33 @@ async fn drive(inner: Weak<Inner>, wake: Arc<Notify>) {
             }
             None => wake.notified().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_core::Backend;
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_verdicts_schedule_one_timer() {
+        let pool = Pool::new();
+        let a = pool
+            .add(Backend::new("a", "10.0.0.1:80".parse().unwrap()))
+            .unwrap();
+        let sup = Supervisor::new(pool.clone());
+        let src = sup.new_source();
+        let until = Instant::now() + Duration::from_secs(10);
+        for _ in 0..100 {
+            let reason = Reason::MaxFails {
+                fails: 1,
+                fail_timeout: Duration::from_secs(10),
+            };
+            sup.vote_down(a, src, reason, Some((until, Reason::FailTimeoutElapsed)));
+        }
+        assert_eq!(sup.inner.book.lock().timers.len(), 1);
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(sup.inner.book.lock().timers.is_empty());
+        assert_eq!(sup.state(a), Some(State::Up));
     }
 }
