@@ -50,6 +50,8 @@
 //!     .fall(3)
 //!     .spawn()?;
 //! let mut events = checker.events();
+//! // HAProxy starts a server at health = rise: "up, but down at the first
+//! // failure". From full health it would take `fall` failures.
 //! let ev = events.recv().await?;
 //! assert_eq!(ev.backend, bad);
 //! assert!(matches!(ev.new, State::Down { .. }));

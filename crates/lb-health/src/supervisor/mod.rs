@@ -41,8 +41,8 @@ pub const DEFAULT_PANIC_THRESHOLD: u8 = 50;
 /// logged with `tracing`.
 ///
 /// Writes are coalesced: signals update the state machines at once, and a
-/// background task on the tokio runtime (started with the supervisor, or
-/// by the first checker spawned) writes every pending change as one new
+/// background task on the tokio runtime (started by the first signal or
+/// checker inside a runtime) writes every pending change as one new
 /// snapshot and then sends the events. Without a runtime, writes happen
 /// inline and timed returns (ejection ends, `fail_timeout`, the slow-start
 /// ramp) are applied on the next signal.
@@ -318,7 +318,7 @@ impl Supervisor {
 
     /// Hand pending work to the driver, or do it now without one.
     fn settle(&self, book: &mut Book) {
-        if self.driver_alive() {
+        if self.ensure_driver() {
             self.inner.wake.notify_one();
         } else {
             self.inner.run(book, Instant::now());
@@ -332,29 +332,22 @@ impl Supervisor {
 
     // === driver ===
 
-    fn driver_alive(&self) -> bool {
-        self.inner
-            .driver
-            .lock()
-            .as_ref()
-            .is_some_and(|h| !h.is_finished())
-    }
-
     /// Start the background writer if a tokio runtime is at hand and it is
-    /// not running yet.
-    pub(crate) fn ensure_driver(&self) {
+    /// not running yet; returns whether it runs.
+    pub(crate) fn ensure_driver(&self) -> bool {
         let mut driver = self.inner.driver.lock();
         if driver.as_ref().is_some_and(|h| !h.is_finished()) {
-            return;
+            return true;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
+            return false;
         };
         let weak = Arc::downgrade(&self.inner);
         let wake = self.inner.wake.clone();
         *driver = Some(rt.spawn(drive(weak, wake)));
         drop(driver);
         self.inner.wake.notify_one();
+        true
     }
 }
 

@@ -274,3 +274,47 @@ async fn every_signal_meets_in_one_state_machine() {
     assert_eq!((ev.new, ev.reason), (State::Up, Reason::EjectionEnded));
     checker.stop();
 }
+
+/// A check that takes 100 ms and records how many run at once.
+#[derive(Debug, Default)]
+struct Slow {
+    running: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+    done: std::sync::atomic::AtomicUsize,
+}
+
+impl lb_health::Checker for Slow {
+    fn check<'a>(&'a self, _: &'a lb_health::Target) -> lb_health::CheckFuture<'a> {
+        use std::sync::atomic::Ordering::SeqCst;
+        Box::pin(async move {
+            let now = self.running.fetch_add(1, SeqCst) + 1;
+            self.peak.fetch_max(now, SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.running.fetch_sub(1, SeqCst);
+            self.done.fetch_add(1, SeqCst);
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn checks_in_flight_are_bounded() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (pool, _) = pool_of(&[1; 10]);
+    let slow = Arc::new(Slow::default());
+    let checker = HealthChecker::new(pool, Check::custom(slow.clone()))
+        .interval(Duration::from_millis(50))
+        .concurrency(2)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(2 * SEC).await;
+    assert_eq!(
+        slow.peak.load(SeqCst),
+        2,
+        "never more than the bound, and the bound is used"
+    );
+    // Two at a time, 100 ms each: 20 per second.
+    let done = slow.done.load(SeqCst);
+    assert!((36..=40).contains(&done), "{done} checks in 2 s");
+    checker.stop();
+}
