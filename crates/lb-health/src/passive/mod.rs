@@ -280,6 +280,9 @@ impl PassiveHealth {
 impl Observer for PassiveHealth {
     fn observe(&self, backend: BackendId, outcome: Outcome, _latency: Duration) {
         let snap = self.sup.pool().load();
+        if snap.get(backend).is_none() {
+            return; // removed meanwhile, or never in this pool
+        }
         let now = Instant::now();
         let ok = outcome.is_success();
         if let Some(cfg) = &self.max_fails {

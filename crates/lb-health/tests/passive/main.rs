@@ -260,3 +260,19 @@ async fn schedulers_stop_picking_a_failed_backend() {
         assert_eq!(lb.connect(&ctx).unwrap().backend, ids[1]);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn outcomes_for_unknown_backends_are_ignored() {
+    let (pool, ids) = pool_of(&[1, 1]);
+    let passive = PassiveHealth::builder(pool.clone())
+        .max_fails(1, Duration::from_secs(10))
+        .outlier(Outlier::default().consecutive(1))
+        .build();
+    let version = pool.load().version();
+    for _ in 0..10 {
+        passive.observe(BackendId::from_raw(999), Outcome::ConnectFailed, MS);
+    }
+    settle().await;
+    assert_eq!(pool.load().version(), version, "no write");
+    assert!(ids.iter().all(|&id| is_up(&pool, id)));
+}
