@@ -17,12 +17,11 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lb_core::{Backend, Pool};
 use lb_health::{Check, CheckFuture, Checker, HealthChecker, Target};
-use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -86,6 +85,7 @@ impl Checker for Recorder {
         let late = Instant::now().saturating_duration_since(target.due());
         self.lateness_us
             .lock()
+            .unwrap()
             .push(late.as_micros().min(u128::from(u32::MAX)) as u32);
         Box::pin(async move {
             let r = self.inner.check(target).await;
@@ -245,7 +245,7 @@ fn main() {
 
         // The first interval spreads the checks; measure after it.
         tokio::time::sleep(args.interval).await;
-        recorder.lateness_us.lock().clear();
+        recorder.lateness_us.lock().unwrap().clear();
         let (ok0, failed0) = (recorder.ok.load(Ordering::Relaxed), recorder.failed.load(Ordering::Relaxed));
         let cpu0 = cpu_seconds("/proc/thread-self/stat");
         let t0 = Instant::now();
@@ -256,7 +256,7 @@ fn main() {
         let failed = recorder.failed.load(Ordering::Relaxed) - failed0;
         checker.stop();
 
-        let mut late = std::mem::take(&mut *recorder.lateness_us.lock());
+        let mut late = std::mem::take(&mut *recorder.lateness_us.lock().unwrap());
         late.sort_unstable();
         let mut transitions = 0;
         while events.try_recv().is_ok() {
