@@ -1,0 +1,295 @@
+//! Passive checks fed by real traffic: nginx `max_fails` and Envoy-style
+//! outlier ejection, behind [`lb_core::Observer`].
+
+mod max_fails;
+mod outlier;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lb_core::{BackendId, Observer, Outcome, Snapshot};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+pub use max_fails::MaxFails;
+pub use outlier::Outlier;
+
+use crate::state::{Event, Reason};
+use crate::supervisor::{Source, Supervisor};
+use max_fails::NginxPeer;
+use outlier::OutlierPeer;
+
+/// Builds a [`PassiveHealth`].
+#[derive(Debug)]
+pub struct PassiveBuilder {
+    sup: Supervisor,
+    max_fails: Option<MaxFails>,
+    outlier: Option<Outlier>,
+}
+
+impl PassiveBuilder {
+    /// Count failures as nginx does (see [`MaxFails`]).
+    pub fn max_fails(mut self, max_fails: u32, fail_timeout: Duration) -> Self {
+        self.max_fails = Some(MaxFails::new(max_fails, fail_timeout));
+        self
+    }
+
+    /// Eject on consecutive failures as Envoy does (see [`Outlier`]).
+    pub fn outlier(mut self, outlier: Outlier) -> Self {
+        self.outlier = Some(outlier);
+        self
+    }
+
+    /// The detector, ready to be handed to forwarders as an
+    /// `Arc<dyn lb_core::Observer>`.
+    pub fn build(self) -> Arc<PassiveHealth> {
+        self.sup.ensure_driver();
+        Arc::new(PassiveHealth {
+            nginx_src: self.sup.new_source(),
+            outlier_src: self.sup.new_source(),
+            sup: self.sup,
+            max_fails: self.max_fails,
+            outlier: self.outlier,
+            peers: RwLock::new(HashMap::new()),
+            recovering: Mutex::new(Vec::new()),
+            recovering_len: AtomicUsize::new(0),
+            ejected: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+/// Passive health checks fed by the outcomes of real traffic.
+///
+/// Forwarders report every attempt through [`Observer::observe`]; the
+/// detector keeps nginx's `max_fails` accounting and Envoy-style outlier
+/// ejection per backend and tells the [`Supervisor`], which takes failed
+/// backends out of the pool and brings them back when their time is over.
+///
+/// **nginx effective weight.** Each failure lowers the backend's effective
+/// weight by `weight / max_fails`; nginx raises it by one each time the
+/// backend is considered by a smooth-WRR scan, that is on every request
+/// while the backend is usable. This detector sees attempts, not scans, so
+/// it raises the effective weight of every usable recovering backend by
+/// one on each attempt it observes on any backend of the pool (before
+/// counting that attempt's outcome): one observed attempt stands for one
+/// scan. The weight reaches the pool through
+/// [`Pool::set_effective_weight`](lb_core::Pool::set_effective_weight), at
+/// most once per background write.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use lb_core::{Backend, Observer, Outcome, Pool};
+/// use lb_health::{Outlier, PassiveHealth};
+///
+/// let pool = Pool::new();
+/// let a = pool.add(Backend::new("a", "10.0.0.1:80".parse()?))?;
+/// pool.add(Backend::new("b", "10.0.0.2:80".parse()?))?;
+/// let passive = PassiveHealth::builder(pool.clone())
+///     .max_fails(1, Duration::from_secs(10))
+///     .outlier(Outlier::default())
+///     .build();
+/// let observer: Arc<dyn Observer> = passive.clone();
+/// observer.observe(a, Outcome::ConnectFailed, Duration::from_millis(3));
+/// // Outside a tokio runtime the pool is written at once.
+/// assert!(!pool.load().get(a).unwrap().is_up());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct PassiveHealth {
+    sup: Supervisor,
+    max_fails: Option<MaxFails>,
+    outlier: Option<Outlier>,
+    nginx_src: Source,
+    outlier_src: Source,
+    peers: RwLock<HashMap<BackendId, Arc<Mutex<Peer>>>>,
+    /// Backends whose nginx effective weight is below their weight.
+    recovering: Mutex<Vec<BackendId>>,
+    recovering_len: AtomicUsize,
+    /// Ejected backends and the end of their ejection (for the cap).
+    ejected: Mutex<HashMap<BackendId, Instant>>,
+}
+
+#[derive(Debug, Default)]
+struct Peer {
+    nginx: NginxPeer,
+    outlier: OutlierPeer,
+}
+
+impl fmt::Debug for PassiveHealth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PassiveHealth")
+            .field("max_fails", &self.max_fails)
+            .field("outlier", &self.outlier)
+            .field("peers", &self.peers.read().len())
+            .finish()
+    }
+}
+
+impl PassiveHealth {
+    /// Start building a detector for a pool (or a [`Supervisor`]'s pool).
+    pub fn builder(target: impl Into<Supervisor>) -> PassiveBuilder {
+        PassiveBuilder {
+            sup: target.into(),
+            max_fails: None,
+            outlier: None,
+        }
+    }
+
+    /// Receive every state change of the pool's backends.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.sup.events()
+    }
+
+    /// The supervisor this detector reports to.
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.sup
+    }
+
+    fn peer(&self, id: BackendId, snap: &Snapshot) -> Arc<Mutex<Peer>> {
+        if let Some(p) = self.peers.read().get(&id) {
+            return p.clone();
+        }
+        let mut peers = self.peers.write();
+        if peers.len() > snap.len() + 16 {
+            peers.retain(|id, _| snap.get(*id).is_some());
+        }
+        peers.entry(id).or_default().clone()
+    }
+
+    /// nginx: the scan that chose this attempt raised every usable
+    /// recovering backend's effective weight by one.
+    fn scan(
+        &self,
+        snap: &Snapshot,
+        now: u64,
+        cfg: &MaxFails,
+        weights: &mut Vec<(BackendId, Option<u32>)>,
+    ) {
+        let mut rec = self.recovering.lock();
+        rec.retain(|&id| {
+            let Some(m) = snap.get(id) else { return false };
+            let Some(peer) = self.peers.read().get(&id).cloned() else {
+                return false;
+            };
+            let mut p = peer.lock();
+            if p.nginx.usable(now, cfg) && p.nginx.bump(m.configured_weight()) {
+                weights.push((id, p.nginx.ew));
+            }
+            p.nginx.ew.is_some()
+        });
+        self.recovering_len.store(rec.len(), Ordering::Relaxed);
+    }
+
+    fn observe_nginx(
+        &self,
+        snap: &Snapshot,
+        id: BackendId,
+        ok: bool,
+        now: Instant,
+        cfg: &MaxFails,
+    ) {
+        let Some(m) = snap.get(id) else { return };
+        let secs = self.sup.seconds(now);
+        let mut weights = Vec::new();
+        if self.recovering_len.load(Ordering::Relaxed) > 0 {
+            self.scan(snap, secs, cfg, &mut weights);
+        }
+        let peer = self.peer(id, snap);
+        let mut p = peer.lock();
+        let single = snap.len() == 1 && !m.is_backup();
+        let mut disabled = None;
+        if single {
+            p.nginx.fails = 0;
+        } else {
+            p.nginx.select(secs, cfg);
+            if ok {
+                p.nginx.succeed();
+            } else {
+                let before = p.nginx.ew;
+                if p.nginx.fail(secs, cfg, m.configured_weight()) {
+                    disabled = Some((p.nginx.fails, p.nginx.back_at(cfg)));
+                }
+                if p.nginx.ew != before {
+                    weights.push((id, p.nginx.ew));
+                }
+            }
+        }
+        let recovering = p.nginx.ew.is_some();
+        drop(p);
+        if recovering {
+            let mut rec = self.recovering.lock();
+            if !rec.contains(&id) {
+                rec.push(id);
+                self.recovering_len.store(rec.len(), Ordering::Relaxed);
+            }
+        }
+        self.sup.set_passive_weights(&weights);
+        if let Some((fails, back)) = disabled {
+            let reason = Reason::MaxFails {
+                fails,
+                fail_timeout: Duration::from_secs(cfg.timeout_secs()),
+            };
+            let until = (self.sup.at_second(back), Reason::FailTimeoutElapsed);
+            self.sup.vote_down(id, self.nginx_src, reason, Some(until));
+        }
+    }
+
+    fn observe_outlier(
+        &self,
+        snap: &Snapshot,
+        id: BackendId,
+        ok: bool,
+        now: Instant,
+        cfg: &Outlier,
+    ) {
+        let peer = self.peer(id, snap);
+        let mut p = peer.lock();
+        let Some(consecutive) = p.outlier.observe(ok, now, cfg) else {
+            return;
+        };
+        let mut ejected = self.ejected.lock();
+        ejected.retain(|_, until| *until > now);
+        if !cfg.may_eject(ejected.len(), snap.len()) {
+            tracing::debug!(
+                id = id.get(),
+                ejected = ejected.len(),
+                total = snap.len(),
+                "lb-health: outlier not ejected: max_ejection_percent reached"
+            );
+            return;
+        }
+        let (ejections, duration) = p.outlier.eject(now, cfg);
+        ejected.insert(id, now + duration);
+        drop(ejected);
+        drop(p);
+        let reason = Reason::Ejected {
+            consecutive,
+            ejections,
+            duration,
+        };
+        let until = (now + duration, Reason::EjectionEnded);
+        self.sup
+            .vote_down(id, self.outlier_src, reason, Some(until));
+    }
+}
+
+impl Observer for PassiveHealth {
+    fn observe(&self, backend: BackendId, outcome: Outcome, _latency: Duration) {
+        let snap = self.sup.pool().load();
+        if snap.get(backend).is_none() {
+            return; // removed meanwhile, or never in this pool
+        }
+        let now = Instant::now();
+        let ok = outcome.is_success();
+        if let Some(cfg) = &self.max_fails {
+            self.observe_nginx(&snap, backend, ok, now, cfg);
+        }
+        if let Some(cfg) = &self.outlier {
+            self.observe_outlier(&snap, backend, ok, now, cfg);
+        }
+    }
+}
