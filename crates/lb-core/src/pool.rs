@@ -176,10 +176,18 @@ impl Pool {
         if batch.changes.is_empty() {
             return Ok(out);
         }
-        let change = if batch.changes.len() == 1 {
-            batch.changes[0]
-        } else {
-            Change::Batch
+        let change = match batch.changes.as_slice() {
+            [one] => *one,
+            // Several health changes are still only health changes.
+            [first @ Change::Health(_), rest @ ..] if rest.iter().all(Change::is_health_only) => {
+                *first
+            }
+            [first @ Change::EffectiveWeight(_), rest @ ..]
+                if rest.iter().all(|c| matches!(c, Change::EffectiveWeight(_))) =>
+            {
+                *first
+            }
+            _ => Change::Batch,
         };
         w.next_id = batch.next_id;
         w.overrides = batch.overrides;
@@ -316,7 +324,7 @@ impl Batch {
         if let Some(w) = w {
             self.overrides.push((id, w));
         }
-        self.changes.push(Change::Weight(id));
+        self.changes.push(Change::EffectiveWeight(id));
         Ok(())
     }
 
@@ -350,5 +358,114 @@ impl Batch {
         m.max_conns = max_conns as u32;
         self.changes.push(Change::Settings(id));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::Tables;
+
+    /// Records the change of every prepared snapshot.
+    #[derive(Default)]
+    struct Record(Mutex<Vec<Change>>);
+
+    impl Prepare for Record {
+        fn prepare(&self, _: &Snapshot, _: Option<&Snapshot>, change: Change) -> Option<Tables> {
+            self.0.lock().push(change);
+            None
+        }
+    }
+
+    fn backend(name: &str) -> Backend {
+        Backend::new(name, "10.0.0.1:80".parse().unwrap())
+    }
+
+    #[test]
+    fn batches_of_one_kind_keep_their_kind() {
+        let pool = Pool::new();
+        let rec = Arc::new(Record::default());
+        pool.attach(rec.clone());
+        let (a, b) = pool
+            .batch(|t| Ok((t.add(backend("a"))?, t.add(backend("b"))?)))
+            .unwrap();
+        pool.batch(|t| {
+            t.set_health(a, Health::Down)?;
+            t.set_health(b, Health::Down)
+        })
+        .unwrap();
+        pool.batch(|t| {
+            t.set_effective_weight(a, Some(3))?;
+            t.set_effective_weight(b, Some(2))
+        })
+        .unwrap();
+        pool.batch(|t| {
+            t.set_health(a, Health::Up)?;
+            t.set_weight(b, 5)
+        })
+        .unwrap();
+        let seen = rec.0.lock().clone();
+        assert_eq!(
+            seen,
+            [
+                Change::Attach,
+                Change::Batch,
+                Change::Health(a),
+                Change::EffectiveWeight(a),
+                Change::Batch
+            ]
+        );
+        assert!(seen[2].is_health_only() && seen[2].keeps_balance_state());
+        assert!(!seen[3].is_health_only() && seen[3].keeps_balance_state());
+        assert!(!seen[4].keeps_balance_state());
+    }
+
+    #[test]
+    fn effective_weight_overrides_and_clears() {
+        let pool = Pool::new();
+        let a = pool.add(backend("a").with_weight(8)).unwrap();
+        pool.set_effective_weight(a, Some(2)).unwrap();
+        assert_eq!(
+            (
+                pool.load().members()[0].weight(),
+                pool.load().members()[0].configured_weight()
+            ),
+            (2, 8)
+        );
+        pool.set_weight(a, 6).unwrap();
+        assert_eq!(
+            pool.load().members()[0].weight(),
+            2,
+            "the override outlives a configured change"
+        );
+        pool.set_effective_weight(a, None).unwrap();
+        assert_eq!(pool.load().members()[0].weight(), 6);
+        assert!(pool.set_effective_weight(a, Some(70_000)).is_err());
+        assert!(pool.set_weight(a, 65_536).is_err());
+        assert_eq!(pool.load().members()[0].last_weight(), 6);
+    }
+
+    #[test]
+    fn writes_to_unknown_backends_and_duplicate_names_are_refused() {
+        let pool = Pool::new();
+        let a = pool.add(backend("a")).unwrap();
+        assert_eq!(
+            pool.add(backend("a")).unwrap_err(),
+            PoolError::DuplicateName("a".into())
+        );
+        assert_eq!(pool.add(backend("")).unwrap_err(), PoolError::EmptyName);
+        pool.remove(a).unwrap();
+        assert_eq!(
+            pool.set_weight(a, 1).unwrap_err(),
+            PoolError::UnknownBackend(a)
+        );
+        assert!(pool.remove(a).is_err());
+        let v = pool.load().version();
+        assert!(pool.add(backend("b").with_max_conns(1 << 20)).is_err());
+        assert_eq!(
+            pool.load().version(),
+            v,
+            "a refused write publishes nothing"
+        );
     }
 }

@@ -19,9 +19,13 @@ pub enum Change {
     Added(BackendId),
     /// A backend was removed.
     Removed(BackendId),
-    /// A backend's configured or effective weight changed.
+    /// A backend's configured weight changed.
     Weight(BackendId),
-    /// A backend's health changed: not a membership change.
+    /// A backend's effective weight changed (slow start, nginx's weight
+    /// drop after failures); its configured weight did not.
+    EffectiveWeight(BackendId),
+    /// One or more backends' health changed (the first is named): not a
+    /// membership change.
     Health(BackendId),
     /// A backend's backup flag or connection limit changed.
     Settings(BackendId),
@@ -35,6 +39,14 @@ impl Change {
     /// every other change is a reset.
     pub fn is_health_only(&self) -> bool {
         matches!(self, Change::Health(_))
+    }
+
+    /// Whether nginx-style balancing state (smooth-WRR `current` values, hash
+    /// tables built from configured weights) carries over this change:
+    /// health changes and effective-weight changes, which nginx makes at run
+    /// time without resetting anything.
+    pub fn keeps_balance_state(&self) -> bool {
+        matches!(self, Change::Health(_) | Change::EffectiveWeight(_))
     }
 }
 

@@ -19,7 +19,7 @@ impl Currents {
     /// Tables for `next`: the previous values on a health-only change,
     /// zeros otherwise.
     pub(crate) fn prepare(next: &Snapshot, prev: Option<&Snapshot>, change: Change) -> Tables {
-        if change.is_health_only() {
+        if change.keeps_balance_state() {
             if let Some(t) = prev.and_then(|p| p.raw_tables()) {
                 if t.downcast_ref::<Currents>().is_some() {
                     return t.clone();

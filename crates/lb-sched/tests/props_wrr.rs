@@ -109,3 +109,19 @@ fn wrr_weight_zero_and_down_are_skipped_and_currents_frozen() {
         assert_ne!(name(&lb), "b1", "weight 0 quiesces");
     }
 }
+
+#[test]
+fn wrr_currents_survive_effective_weight_changes_as_in_nginx() {
+    // nginx lowers a failed peer's effective weight and raises it again at
+    // run time without resetting anyone's current weight.
+    let pool = pool_with(&[1, 1, 1]);
+    let lb = Balancer::new(pool.clone(), lb_sched::build("wrr").unwrap());
+    let name = |lb: &Balancer| lb.connect(&ctx()).unwrap().name.to_string();
+    assert_eq!(name(&lb), "b0"); // currents -2, 1, 1
+    let b2 = pool.find("b2").unwrap();
+    pool.set_effective_weight(b2, Some(3)).unwrap();
+    // b0 -1, b1 2, b2 4 -> b2 (total 5): only right if currents carried over
+    // (from zeros b2 would win too, so check the next pick as well).
+    assert_eq!(name(&lb), "b2"); // -1, 2, -1
+    assert_eq!(name(&lb), "b1"); // 0, 3, 2 -> b1; reset to zeros it would be b2 then b0
+}

@@ -260,7 +260,7 @@ impl Ring {
                 groups.len() as u32 - 1
             });
             groups[group as usize].1 = pos + 1;
-            let n = POINTS_PER_WEIGHT * m.weight() as usize;
+            let n = POINTS_PER_WEIGHT * m.configured_weight() as usize;
             points.extend(
                 ketama(m.server_text())
                     .take(n)

@@ -59,7 +59,7 @@ fn least_conn<T: Trace>(
         if m.is_backup() != backup || !ctx.usable(m) {
             continue;
         }
-        let (c, w) = (m.conns(), u64::from(m.weight()));
+        let (c, w) = (m.conns(), u64::from(m.configured_weight()));
         why!(t, "  {} conns={c}", Load(m));
         match best {
             Some((_, bc, bw)) if c * bw == bc * w => many = true,
@@ -85,7 +85,9 @@ fn least_conn<T: Trace>(
         members[b].name()
     );
     let mut current = up.currents.0.lock();
-    let tied = |m: &Member| m.is_backup() == backup && m.conns() * bw == bc * u64::from(m.weight());
+    let tied = |m: &Member| {
+        m.is_backup() == backup && m.conns() * bw == bc * u64::from(m.configured_weight())
+    };
     // The tied backends all come at or after the first of them, `b`.
     let step = swrr_step(&members[b..], &mut current[b..], ctx, tied, t);
     // `b` itself is tied unless another thread changed its load meanwhile.

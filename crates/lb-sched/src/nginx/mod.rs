@@ -61,16 +61,17 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
-    /// Tables for `next`: those of `prev` as they are after a health-only
-    /// change (so `current` values, `T` and the ring carry over), new ones
-    /// (all `current` at zero) after any other change.
+    /// Tables for `next`: those of `prev` as they are after a health or
+    /// effective-weight change (so `current` values, `T` and the ring, all
+    /// built from configured weights, carry over), new ones (all `current`
+    /// at zero) after any other change.
     pub(crate) fn prepare(
         next: &Snapshot,
         prev: Option<&Snapshot>,
         change: Change,
         ring: bool,
     ) -> Tables {
-        if change.is_health_only() {
+        if change.keeps_balance_state() {
             if let Some(t) = prev.and_then(|p| p.raw_tables()) {
                 if t.downcast_ref::<Upstream>()
                     .is_some_and(|u| u.ring.is_some() == ring)
@@ -88,8 +89,8 @@ impl Upstream {
         let mut ranges = Vec::new();
         for (pos, m) in members.iter().enumerate().filter(|(_, m)| !m.is_backup()) {
             primaries += 1;
-            if m.weight() > 0 {
-                total += u64::from(m.weight());
+            if m.configured_weight() > 0 {
+                total += u64::from(m.configured_weight());
                 ranges.push((total, pos as u32));
             }
         }

@@ -127,8 +127,8 @@ fn choose<T: Trace>(
 /// `p1` only if `p2` is strictly more loaded for its weight.
 fn least_loaded<T: Trace>(members: &[Member], p1: usize, p2: usize, t: &mut T) -> usize {
     let (a, b) = (&members[p1], &members[p2]);
-    let (ca, wa) = (a.conns(), u64::from(a.weight()));
-    let (cb, wb) = (b.conns(), u64::from(b.weight()));
+    let (ca, wa) = (a.conns(), u64::from(a.configured_weight()));
+    let (cb, wb) = (b.conns(), u64::from(b.configured_weight()));
     let pick = if cb * wa > ca * wb { p1 } else { p2 };
     why!(
         t,
