@@ -18,14 +18,12 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use lb_core::{IgnoreOutcomes, Observer};
 use lb_proxy::admin::Admin;
 use lb_proxy::config::{BackendConfig, Config};
 use lb_proxy::http::{proxy, Server};
@@ -147,6 +145,8 @@ fn nginx_config(args: &Args, path: &std::path::Path) -> Result<Config, String> {
 
 /// The running balancer: its address, its admin address, its tasks.
 struct Running {
+    /// Kept alive while the proxy runs.
+    _health: lb_proxy::config::RunningHealth,
     listen: SocketAddr,
     admin: Option<SocketAddr>,
     tasks: Vec<JoinHandle<std::io::Error>>,
@@ -156,12 +156,13 @@ struct Running {
 async fn start(config: &Config) -> Result<Running, String> {
     let lb = config.balancer().map_err(|e| e.to_string())?;
 
-    // LEAD: wire lb-health here. The observer receives every attempt's
-    // outcome (passive checks: nginx max_fails within fail_timeout, from
-    // `config.health.max_fails` / `fail_timeout`), and an active checker
-    // (`config.health.interval`, `timeout`, `rise`, `fall`, `path`) should
-    // be started on `lb.pool().clone()` when `config.health.enabled`.
-    let observer: Arc<dyn Observer> = Arc::new(IgnoreOutcomes);
+    // Passive health (nginx max_fails) always; active checks when [health]
+    // asks; every outcome also reaches the scheduler.
+    let health = config
+        .health
+        .start(&lb)
+        .map_err(|e| format!("cannot start health checks: {e}"))?;
+    let observer = health.observer.clone();
 
     let svc = proxy(
         config.balance_layer(lb.clone()).observer(observer),
@@ -183,6 +184,7 @@ async fn start(config: &Config) -> Result<Running, String> {
         tasks.push(tokio::spawn(server.serve(l, api)));
     }
     Ok(Running {
+        _health: health,
         listen,
         admin,
         tasks,

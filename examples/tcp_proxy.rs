@@ -45,6 +45,17 @@ struct Args {
     /// Backends tried per client connection before it is reset.
     #[arg(long, value_name = "N", default_value_t = 3)]
     max_tries: usize,
+    /// Passive health, as nginx's max_fails: failed connects within
+    /// --fail-timeout that take a backend out for --fail-timeout (0 = off).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    max_fails: u32,
+    /// The max_fails window, and how long a failed backend stays out.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    fail_timeout: Duration,
+    /// Active health: a TCP connect check of every backend at this interval
+    /// (HAProxy `check inter`), with rise 2 and fall 3. Off when absent.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    check_interval: Option<Duration>,
     /// Run the self-contained demonstration and exit.
     #[arg(long)]
     demo: bool,
@@ -128,7 +139,21 @@ fn build(args: &Args, backends: &[(String, SocketAddr, u64)]) -> Result<TcpProxy
             .map_err(|e| e.to_string())?;
     }
     let sched = lb_sched::build(&args.sched).map_err(|e| format!("--sched: {e}"))?;
-    Ok(TcpProxy::new(Balancer::new(pool, sched))
+    let lb = Balancer::new(pool, sched);
+    let settings = lb_proxy::config::HealthSettings {
+        enabled: args.check_interval.is_some(),
+        interval: args.check_interval.unwrap_or(Duration::from_secs(2)),
+        max_fails: args.max_fails,
+        fail_timeout: args.fail_timeout,
+        ..Default::default()
+    };
+    // The checker keeps running after its handle is dropped; the observer
+    // feeds passive health and the scheduler.
+    let health = settings
+        .start(&lb)
+        .map_err(|e| format!("cannot start health checks: {e}"))?;
+    Ok(TcpProxy::new(lb)
+        .with_observer(health.observer)
         .with_connect_timeout(args.connect_timeout)
         .with_idle_timeout(args.idle_timeout)
         .with_max_tries(args.max_tries))

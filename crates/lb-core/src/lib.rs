@@ -52,6 +52,6 @@ pub use counters::Counters;
 pub use ctx::{monotonic_now, Ctx};
 pub use error::{NoBackend, PoolError};
 pub use guard::{ConnGuard, ConnState, Hold, Pick};
-pub use outcome::{IgnoreOutcomes, Observer, Outcome};
+pub use outcome::{FanOut, IgnoreOutcomes, Observer, Outcome};
 pub use pool::{Batch, Pool, SnapshotRef};
 pub use snapshot::{Change, Prepare, Snapshot, Tables};

@@ -58,3 +58,59 @@ pub struct IgnoreOutcomes;
 impl Observer for IgnoreOutcomes {
     fn observe(&self, _: BackendId, _: Outcome, _: Duration) {}
 }
+
+/// Hands every outcome to several observers in turn (passive health and a
+/// latency-aware scheduler, say).
+#[derive(Debug, Clone, Default)]
+pub struct FanOut(Vec<std::sync::Arc<dyn Observer>>);
+
+impl FanOut {
+    /// No observer yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add an observer.
+    pub fn with(mut self, observer: std::sync::Arc<dyn Observer>) -> Self {
+        self.0.push(observer);
+        self
+    }
+}
+
+impl Observer for FanOut {
+    fn observe(&self, backend: BackendId, outcome: Outcome, latency: Duration) {
+        for o in &self.0 {
+            o.observe(backend, outcome, latency);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    #[derive(Debug, Default)]
+    struct Count(AtomicU32);
+
+    impl Observer for Count {
+        fn observe(&self, _: BackendId, o: Outcome, _: Duration) {
+            if !o.is_success() {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    #[test]
+    fn fan_out_reaches_every_observer() {
+        let (a, b) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        let fan = FanOut::new().with(a.clone()).with(b.clone());
+        fan.observe(BackendId::from_raw(0), Outcome::Timeout, Duration::ZERO);
+        fan.observe(BackendId::from_raw(0), Outcome::Success, Duration::ZERO);
+        assert_eq!(
+            (a.0.load(Ordering::Relaxed), b.0.load(Ordering::Relaxed)),
+            (1, 1)
+        );
+    }
+}

@@ -59,10 +59,12 @@ use crate::http::{ForwardConfig, HostHeader};
 use crate::key::KeyTemplate;
 use crate::pick::{BalanceLayer, Retry};
 
+mod health;
 mod parse;
 #[cfg(test)]
 mod tests;
 
+pub use health::RunningHealth;
 pub use parse::parse_duration;
 
 /// A validated configuration.

@@ -199,6 +199,17 @@ impl hyper::body::Body for Generated {
 /// Start a backend on `ip` (port chosen by the system).
 pub async fn backend(name: &'static str, ip: &str) -> TestBackend {
     let listener = TcpListener::bind((ip, 0)).await.expect("bind backend");
+    serve_backend(name, listener)
+}
+
+/// Start a backend on a given address (to bring a killed one back).
+#[allow(dead_code)]
+pub async fn backend_on(name: &'static str, addr: SocketAddr) -> TestBackend {
+    let listener = TcpListener::bind(addr).await.expect("bind backend again");
+    serve_backend(name, listener)
+}
+
+fn serve_backend(name: &'static str, listener: TcpListener) -> TestBackend {
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicU64::new(0));
     let h = hits.clone();
