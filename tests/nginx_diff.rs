@@ -151,7 +151,7 @@ fn upstream_block(kind: &str, backends: &[SocketAddr]) -> String {
 
 fn start_nginx(nginx: &Path, dir: &Path, block: &str, port: u16) -> Killed {
     let conf = format!(
-        "worker_processes 1;\ndaemon off;\nerror_log {dir}/error.log warn;\npid {dir}/nginx.pid;\n{user}\
+        "worker_processes 1;\ndaemon off;\n# One process: stopping it by its PID leaves no worker behind.\nmaster_process off;\nerror_log {dir}/error.log warn;\npid {dir}/nginx.pid;\n{user}\
          events {{ worker_connections 256; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
            fastcgi_temp_path {dir}/fcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
