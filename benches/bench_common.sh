@@ -68,7 +68,14 @@ spawn() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-NEXT_PORT=${BASE_PORT:-$((20000 + RANDOM % 20000))}
+# Listening ports are taken below the ephemeral range (where outgoing
+# connections would collide with them), or above it when it starts low.
+read -r EPH_LO EPH_HI </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || EPH_LO=32768 EPH_HI=60999
+if [ "$EPH_LO" -gt 12000 ]; then
+    NEXT_PORT=${BASE_PORT:-$((10000 + RANDOM % (EPH_LO - 12000)))}
+else
+    NEXT_PORT=${BASE_PORT:-$((EPH_HI + 1 + RANDOM % ((65000 - EPH_HI) / 2 + 1)))}
+fi
 # A loopback port nobody listens on, in $PORT.
 free_port() {
     while port_open "$NEXT_PORT"; do NEXT_PORT=$((NEXT_PORT + 1)); done

@@ -13,10 +13,11 @@
 # (GET /health); lb: the same keys in its TOML `[health]` section (dropped,
 # with a note, if this build refuses them). Each scenario runs on a freshly
 # started proxy, each proxy in turn:
-#   (a) kill one backend (SIGKILL) under a steady $RATE req/s GET load, then
+#   (a) kill one backend (it dies at once) under a steady $RATE req/s GET load, then
 #       restart it: client errors, and when it served again after restart;
-#   (b) one backend turns into a blackhole (accepts, never answers): the
-#       requests that waited the response timeout, and the last one that did;
+#   (b) one backend hangs (kill -USR1: its listener stays open, it accepts
+#       and never answers): the requests that waited the response timeout,
+#       and when the last of them was sent;
 #   (c) all backends down: the status returned, median and worst latency;
 #   (d) $SLOW_CONNS slowloris connections beside $SLOW_RATE req/s: % served,
 #       p99 next to a baseline without them, the proxy's peak RSS, and what
@@ -32,7 +33,8 @@
 #
 # Knobs: DURATION (base seconds, 10), RATE (400), SLOW_RATE (300),
 # SLOW_CONNS (500), C_RATE (50), BIG_MB (1024), FAIL_TIMEOUT (5),
-# CLIENT_HEADER (5), PROXIES ("nginx haproxy lb"), SCENARIOS ("a b c d e f"),
+# CLIENT_HEADER (5), NGINX_BUFFERING (off: proxy_request_buffering and
+# proxy_buffering; "on" is nginx's default, which spools bodies to disk), PROXIES ("nginx haproxy lb"), SCENARIOS ("a b c d e f"),
 # CORPUS_DIR, PROXY_CPU, LOAD_CPU, BASE_PORT, KEEP_TMP=1.
 set -euo pipefail
 . "$(dirname "$0")/bench_common.sh"
@@ -46,6 +48,7 @@ C_RATE=${C_RATE:-50}
 BIG_MB=${BIG_MB:-1024}
 FAIL_TIMEOUT=${FAIL_TIMEOUT:-5}
 CLIENT_HEADER=${CLIENT_HEADER:-5}
+NGINX_BUFFERING=${NGINX_BUFFERING:-off}
 RESP_TIMEOUT=2
 A_PRE=${A_PRE:-$half}
 A_DOWN=${A_DOWN:-$half}
@@ -81,8 +84,9 @@ backend_start() {
     BPID[i]=$LAST_PID
     wait_port "${BPORT[i]}" "${BPID[i]}" || die "backend b$i ($mode) did not start"
 }
+# backend_kill I: SIGTERM, which bench_backend does not handle: it dies at
+# once, as in a crash.
 backend_kill() {
-    kill -KILL "${BPID[$1]}" 2>/dev/null || true
     stop_pid "${BPID[$1]}"
     BPID[$1]=
 }
@@ -123,9 +127,9 @@ nginx_chaos_conf() {
             proxy_send_timeout ${RESP_TIMEOUT}s;
             proxy_next_upstream error timeout http_502 http_503 http_504;
             proxy_next_upstream_tries 3;
-            # stream bodies both ways, as the others do
-            proxy_request_buffering off;
-            proxy_buffering off;
+            # NGINX_BUFFERING=off (default): stream bodies both ways, as the others do
+            proxy_request_buffering $NGINX_BUFFERING;
+            proxy_buffering $NGINX_BUFFERING;
         }
     }
 }
@@ -277,9 +281,8 @@ scenario_b() {
     local p=$1 csv=$TMP/b-$1.csv t_bh
     rate_load_bg "b-$p" $((B_PRE + B_HOLD)) "$RATE" "$csv"
     sleep "$B_PRE"
-    backend_kill 3
     t_bh=$(now_ms)
-    backend_start 3 blackhole
+    kill -USR1 "${BPID[3]}"
     wait_bounded "$LG_PID" $((B_HOLD + 20))
     read -r n err slow last < <(awk -F, -v tb="$t_bh" -v thr=$((RESP_TIMEOUT * 900)) '
         NR > 1 { n++; if ($3 !~ /^2/) err++
@@ -414,7 +417,7 @@ row() {
 }
 
 echo
-echo "=== chaos_compare (rate $RATE req/s; response timeout ${RESP_TIMEOUT}s; fail_timeout ${FAIL_TIMEOUT}s; client header timeout ${CLIENT_HEADER}s) ==="
+echo "=== chaos_compare (rate $RATE req/s; response timeout ${RESP_TIMEOUT}s; fail_timeout ${FAIL_TIMEOUT}s; client header timeout ${CLIENT_HEADER}s; nginx buffering $NGINX_BUFFERING) ==="
 printf '%-44s %12s %12s %12s %10s %10s\n' "scenario / measure" nginx HAProxy lb lb/nginx lb/HAProxy
 has() { case " $SCENARIOS " in *" $1 "*) return 0 ;; esac; return 1; }
 if has a; then

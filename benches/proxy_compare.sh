@@ -228,9 +228,10 @@ report() {
         $1 == test && $4 != "-" {
             n[$2]++
             for (i = 4; i <= NF; i++) sum[$2, i] += $i
-            if (!($2 in seen)) { seen[$2] = 1; order[++k] = $2 }
         }
         END {
+            split("nginx haproxy lb", all, " ")
+            for (j = 1; j <= 3; j++) if (all[j] in n) order[++k] = all[j]
             split(hdr, h, " ")
             printf "  %-10s", "proxy"
             for (c = 1; c <= ncol; c++) printf " %12s", h[c]
@@ -260,8 +261,9 @@ report() {
 log "proxy on CPU $PROXY_CPU; wrk, iperf3 and backends on CPU $LOAD_CPU; $ROUNDS round(s) of ${DURATION}s; temp dir $TMP"
 
 if [ "$HTTP" != 0 ]; then
-    direct=$(wrk_run "http://${BACKENDS[0]}/")
-    echo "direct   round 1  backend  $direct" >&2
+    read -r d_rps d_p50 d_p99 _ < <(wrk_run "http://${BACKENDS[0]}/")
+    direct="$d_rps req/s, p50 $d_p50 ms, p99 $d_p99 ms"
+    log "direct to one backend: $direct"
     measure http http wrk nginx haproxy lb
 fi
 

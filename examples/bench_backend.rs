@@ -17,12 +17,17 @@
 //! - `echo`: TCP, every byte read is written back until EOF.
 //! - `blackhole`: accepts connections and never reads nor answers (a hung
 //!   server); holds at most `--max-conns` of them, dropping the oldest.
+//!
+//! `kill -USR1 PID` hangs a running HTTP backend at once, without closing
+//! its listener: from then on no request gets an answer, on kept-alive
+//! connections or new ones (which are accepted and held, as a blackhole).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -49,7 +54,7 @@ struct Args {
     /// Runtime worker threads (1 = a single-threaded runtime).
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Blackhole mode: connections held at most.
+    /// Blackhole mode (or hung): connections held at most.
     #[arg(long, default_value_t = 10_000)]
     max_conns: usize,
 }
@@ -64,6 +69,9 @@ enum Mode {
     /// Accept, never answer.
     Blackhole,
 }
+
+/// Set by SIGUSR1: answer nothing from now on.
+static HUNG: AtomicBool = AtomicBool::new(false);
 
 /// Zero bytes that `/size/N` bodies are cut from.
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
@@ -105,6 +113,9 @@ type Reply = Response<Either<Full<Bytes>, Zeros>>;
 
 /// Answer one request (see the module docs).
 async fn handle(name: Bytes, req: Request<Incoming>) -> Result<Reply, Infallible> {
+    if HUNG.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
     let path = req.uri().path().to_owned();
     let has_body = !req.body().is_end_stream();
     let body = if has_body {
@@ -153,11 +164,16 @@ async fn accept(listener: &TcpListener) -> Option<TcpStream> {
     }
 }
 
-async fn serve_http(listener: TcpListener, name: Bytes) {
+async fn serve_http(listener: TcpListener, name: Bytes, max: usize) {
+    let mut held = VecDeque::new();
     loop {
         let Some(stream) = accept(&listener).await else {
             continue;
         };
+        if HUNG.load(Ordering::Relaxed) {
+            hold(&mut held, stream, max);
+            continue;
+        }
         let name = name.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(name.clone(), req));
@@ -186,10 +202,27 @@ async fn serve_blackhole(listener: TcpListener, max: usize) {
         let Some(stream) = accept(&listener).await else {
             continue;
         };
-        if held.len() >= max.max(1) {
-            held.pop_front();
-        }
-        held.push_back(stream);
+        hold(&mut held, stream, max);
+    }
+}
+
+/// Keep a connection open without reading it (at most `max`, oldest dropped).
+fn hold(held: &mut VecDeque<TcpStream>, stream: TcpStream, max: usize) {
+    if held.len() >= max.max(1) {
+        held.pop_front();
+    }
+    held.push_back(stream);
+}
+
+/// Hang the backend on SIGUSR1.
+async fn hang_on_usr1() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        return std::future::pending().await;
+    };
+    while usr1.recv().await.is_some() {
+        HUNG.store(true, Ordering::Relaxed);
+        eprintln!("bench_backend: SIGUSR1: hung, answering nothing from now on");
     }
 }
 
@@ -223,13 +256,14 @@ fn main() -> ExitCode {
         let name = Bytes::from(format!("{}\n", args.name));
         let serve = async {
             match args.mode {
-                Mode::Http => serve_http(listener, name).await,
+                Mode::Http => serve_http(listener, name, args.max_conns).await,
                 Mode::Echo => serve_echo(listener).await,
                 Mode::Blackhole => serve_blackhole(listener, args.max_conns).await,
             }
         };
         tokio::select! {
             _ = serve => ExitCode::FAILURE,
+            _ = hang_on_usr1() => ExitCode::FAILURE,
             _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
         }
     })
