@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers of benches/proxy_compare.sh and benches/chaos_compare.sh.
 # Sourced, not run. Everything is on loopback; every process started here is
 # recorded by PID and stopped by that PID (never by name) when the script
@@ -77,9 +78,10 @@ else
     NEXT_PORT=${BASE_PORT:-$((EPH_HI + 1 + RANDOM % ((65000 - EPH_HI) / 2 + 1)))}
 fi
 # A loopback port nobody listens on, in $PORT.
+# shellcheck disable=SC2034
 free_port() {
     while port_open "$NEXT_PORT"; do NEXT_PORT=$((NEXT_PORT + 1)); done
-    PORT=$NEXT_PORT
+    PORT=$NEXT_PORT # read by the callers
     NEXT_PORT=$((NEXT_PORT + 1))
 }
 
@@ -214,7 +216,7 @@ stop_proxy() {
     local p
     stop_pid "$PROXY_PID"
     for p in $PROXY_PIDS; do [ "$p" = "$PROXY_PID" ] || stop_foreign "$p"; done
-    PROXY_PID= PROXY_PIDS=
+    PROXY_PID='' PROXY_PIDS=''
 }
 
 # ratio A B: A/B with two decimals, or "-".

@@ -37,6 +37,7 @@
 # proxy_buffering; "on" is nginx's default, which spools bodies to disk), PROXIES ("nginx haproxy lb"), SCENARIOS ("a b c d e f"),
 # CORPUS_DIR, PROXY_CPU, LOAD_CPU, BASE_PORT, KEEP_TMP=1.
 set -euo pipefail
+# shellcheck source=benches/bench_common.sh
 . "$(dirname "$0")/bench_common.sh"
 
 D=${DURATION:-10}

@@ -23,6 +23,7 @@
 # ROUNDS (2), CONNS (wrk connections, 50), TCP=0 (skip TCP), HTTP=0 (skip
 # HTTP), PROXY_CPU, LOAD_CPU, BASE_PORT, KEEP_TMP=1 (keep configs and logs).
 set -euo pipefail
+# shellcheck source=benches/bench_common.sh
 . "$(dirname "$0")/bench_common.sh"
 
 DURATION=${DURATION:-10}
