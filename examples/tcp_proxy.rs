@@ -62,6 +62,9 @@ struct Args {
     /// Connections the demonstration makes.
     #[arg(long, value_name = "N", default_value_t = 30)]
     connections: usize,
+    /// Runtime worker threads (default: one per CPU).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
 }
 
 fn parse_backend(s: &str) -> Result<(SocketAddr, u64), String> {
@@ -279,14 +282,26 @@ async fn demo(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
-    let result = if args.demo {
-        demo(args).await
-    } else {
-        run(args).await
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.threads {
+        builder.worker_threads(usize::from(n));
+    }
+    let rt = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tcp_proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
+    let result = rt.block_on(async {
+        if args.demo {
+            demo(args).await
+        } else {
+            run(args).await
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
