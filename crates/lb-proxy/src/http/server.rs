@@ -201,7 +201,9 @@ impl Server {
         }
     }
 
-    /// Serve one accepted connection to its end.
+    /// Serve one accepted connection to its end, through the edge (the
+    /// connection limit is [`serve`](Server::serve)'s: it applies to what
+    /// `serve` accepts).
     pub fn serve_connection<S, B>(
         self,
         stream: TcpStream,

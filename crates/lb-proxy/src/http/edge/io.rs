@@ -5,7 +5,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -324,7 +324,27 @@ impl<T: AsyncRead + Unpin + Send + 'static> AsyncRead for EdgeIo<T> {
                 this.out.advance(n);
                 return Poll::Ready(Ok(()));
             }
-            match this.state {
+            match &mut this.state {
+                State::Body { left, upgrade }
+                    if this.raw.is_empty()
+                        && buf.remaining() > 0
+                        && *left >= buf.remaining() as u64 =>
+                {
+                    // Body bytes need no checking: read them straight in.
+                    let Some(io) = this.io.as_mut() else {
+                        return Poll::Ready(Ok(()));
+                    };
+                    let before = buf.filled().len();
+                    ready!(Pin::new(io).poll_read(cx, buf))?;
+                    let n = (buf.filled().len() - before) as u64;
+                    *left -= n;
+                    if *left == 0 {
+                        let upgrade = *upgrade;
+                        this.end_of_body(upgrade);
+                    }
+                    this.eof |= n == 0;
+                    return Poll::Ready(Ok(()));
+                }
                 State::Tunnel if this.raw.is_empty() => {
                     let Some(io) = this.io.as_mut() else {
                         return Poll::Ready(Ok(()));
@@ -340,7 +360,7 @@ impl<T: AsyncRead + Unpin + Send + 'static> AsyncRead for EdgeIo<T> {
                     return Poll::Ready(Ok(()));
                 }
                 State::Broken(why) => {
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, why)));
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, *why)));
                 }
                 State::AwaitUpgrade => {
                     this.conn.register(cx.waker());

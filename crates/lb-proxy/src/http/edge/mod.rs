@@ -36,7 +36,7 @@
 //! | HTTP/2.0, HTTP/3.0, HTTP/0.9 in a request line | 400 | 505 |
 //! | HTTP/1.2 and later minors | 400 | served as HTTP/1.1 (RFC 9110 §2.5) |
 //! | HTTP/0.9 (`GET /`) | 400 | closed unanswered: a 0.9 client has no status line to read |
-//! | CONNECT | tunnels a 2xx | 501 |
+//! | CONNECT | forwarded | 501 |
 //! | target over [`Limits::max_uri_bytes`] | 414 past 64 KiB | 414 |
 //! | header block over [`Limits::max_header_bytes`] | 431 past ~400 KiB | 431 |
 //! | no head within [`Limits::header_read_timeout`] | closed | 408, then closed |
@@ -89,12 +89,13 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// hyper's own ceilings: a target of 65 534 bytes, a buffer of about
-    /// 400 KiB (which the header block must fit in).
+    /// The largest [`max_uri_bytes`](Limits::max_uri_bytes): hyper's own
+    /// ceiling on a target.
     pub const MAX_URI_BYTES: usize = 65_534;
-    /// The largest [`max_header_bytes`](Limits::max_header_bytes) allowed.
+    /// The largest [`max_header_bytes`](Limits::max_header_bytes): a head
+    /// must fit in hyper's read buffer (about 400 KiB).
     pub const MAX_HEADER_BYTES: usize = 256 * 1024;
-    /// The most header fields allowed.
+    /// The largest [`max_headers`](Limits::max_headers).
     pub const MAX_HEADERS: usize = 1000;
 }
 
