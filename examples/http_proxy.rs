@@ -26,7 +26,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lb_proxy::admin::Admin;
 use lb_proxy::config::{BackendConfig, Config};
-use lb_proxy::http::{proxy, Server};
+use lb_proxy::http::proxy;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -176,7 +176,8 @@ async fn start(config: &Config) -> Result<Running, String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let listen = listener.local_addr().map_err(|e| e.to_string())?;
-    let server = Server::new().header_read_timeout(config.timeouts.client_header);
+    // Strict HTTP/1.1 parsing, the header timeout (408) and client limits.
+    let server = config.server();
     let mut tasks = vec![tokio::spawn(server.clone().serve(listener, svc))];
     let mut admin = None;
     if let Some(addr) = config.admin {

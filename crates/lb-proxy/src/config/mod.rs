@@ -17,7 +17,13 @@
 //! connect = "5s"                    # proxy_connect_timeout
 //! response = "60s"                  # until the response head
 //! idle = "60s"                      # between body pieces; idle keep-alive
-//! client_header = "30s"             # a client's request head
+//! client_header = "10s"             # a client's request head (408 after)
+//!
+//! [limits]                          # on clients, checked before hyper reads
+//! max_connections = 10000           # open at once; beyond, accepting pauses (0 = no limit)
+//! max_uri_bytes = 8192              # the request target: 414 beyond
+//! max_header_bytes = 32768          # the header block: 431 beyond
+//! max_headers = 100                 # header fields: 431 beyond
 //!
 //! [retry]                           # proxy_next_upstream*
 //! tries = 3
@@ -55,7 +61,7 @@ use std::time::Duration;
 use lb_core::{Backend, Health, Pool, PoolError};
 use lb_sched::Balancer;
 
-use crate::http::{ForwardConfig, HostHeader};
+use crate::http::{ForwardConfig, HostHeader, Limits, Server};
 use crate::key::KeyTemplate;
 use crate::pick::{BalanceLayer, Retry};
 
@@ -86,6 +92,8 @@ pub struct Config {
     pub persistence: Option<Persistence>,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// Limits on clients.
+    pub limits: ClientLimits,
     /// When to try the next backend.
     pub retry: Retry,
     /// Health checking settings.
@@ -129,7 +137,7 @@ pub struct Timeouts {
     pub response: Duration,
     /// Silence inside a response body; idle keep-alive to backends.
     pub idle: Duration,
-    /// Waiting for a client's request head.
+    /// Waiting for a client's request head (408 when it runs out).
     pub client_header: Duration,
 }
 
@@ -139,7 +147,34 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             response: Duration::from_secs(60),
             idle: Duration::from_secs(60),
-            client_header: Duration::from_secs(30),
+            client_header: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Limits on clients, as [`Limits`] (whose header read timeout is
+/// [`Timeouts::client_header`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Client connections open at once (0 = no limit).
+    pub max_connections: u32,
+    /// The longest request target, `64..=65534` bytes.
+    pub max_uri_bytes: u32,
+    /// The longest header block, `1024..=262144` bytes.
+    pub max_header_bytes: u32,
+    /// The most header fields, `1..=1000`.
+    pub max_headers: u32,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        let l = Limits::default();
+        let int = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        ClientLimits {
+            max_connections: l.max_connections.map_or(0, int),
+            max_uri_bytes: int(l.max_uri_bytes),
+            max_header_bytes: int(l.max_header_bytes),
+            max_headers: int(l.max_headers),
         }
     }
 }
@@ -374,6 +409,18 @@ impl Config {
             Some(k) => layer.key(k.clone()),
             None => layer,
         }
+    }
+
+    /// The server for clients, with the client limits and header timeout.
+    pub fn server(&self) -> Server {
+        let l = &self.limits;
+        Server::new().with_limits(Limits {
+            header_read_timeout: Some(self.timeouts.client_header),
+            max_uri_bytes: l.max_uri_bytes as usize,
+            max_header_bytes: l.max_header_bytes as usize,
+            max_headers: l.max_headers as usize,
+            max_connections: (l.max_connections > 0).then_some(l.max_connections as usize),
+        })
     }
 
     /// The forwarding settings.

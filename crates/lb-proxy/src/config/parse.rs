@@ -9,7 +9,9 @@ use lb_core::{MAX_CONNS, MAX_WEIGHT};
 use serde::Deserialize;
 use toml::{Spanned, Value};
 
-use super::{BackendConfig, Config, ConfigError, HealthSettings, Persistence, Timeouts};
+use super::{
+    BackendConfig, ClientLimits, Config, ConfigError, HealthSettings, Persistence, Timeouts,
+};
 use crate::http::HostHeader;
 use crate::key::KeyTemplate;
 use crate::pick::{Retry, MAX_TRIES};
@@ -25,6 +27,7 @@ struct Raw {
     forwarded_headers: Option<bool>,
     persistence: Option<RawPersistence>,
     timeouts: Option<RawTimeouts>,
+    limits: Option<RawLimits>,
     retry: Option<RawRetry>,
     health: Option<RawHealth>,
     #[serde(default)]
@@ -57,6 +60,15 @@ struct RawTimeouts {
     response: Option<Spanned<Value>>,
     idle: Option<Spanned<Value>>,
     client_header: Option<Spanned<Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<Spanned<i64>>,
+    max_uri_bytes: Option<Spanned<i64>>,
+    max_header_bytes: Option<Spanned<i64>>,
+    max_headers: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -225,6 +237,9 @@ pub(super) fn from_toml(text: &str) -> Result<Config, ConfigError> {
     if let Some(t) = &raw.timeouts {
         c.timeouts = timeouts(&src, t)?;
     }
+    if let Some(l) = &raw.limits {
+        c.limits = limits(&src, l)?;
+    }
     if let Some(r) = &raw.retry {
         c.retry = retry(&src, r)?;
     }
@@ -310,6 +325,42 @@ fn timeouts(src: &Src<'_>, t: &RawTimeouts) -> Result<Timeouts, ConfigError> {
     for (key, raw, slot) in fields {
         if let Some(v) = raw {
             *slot = src.duration(key, v, min)?;
+        }
+    }
+    Ok(out)
+}
+
+fn limits(src: &Src<'_>, l: &RawLimits) -> Result<ClientLimits, ConfigError> {
+    let mut out = ClientLimits::default();
+    let fields = [
+        (
+            "limits.max_connections",
+            &l.max_connections,
+            &mut out.max_connections,
+            0..10_000_001,
+        ),
+        (
+            "limits.max_uri_bytes",
+            &l.max_uri_bytes,
+            &mut out.max_uri_bytes,
+            64..65_535,
+        ),
+        (
+            "limits.max_header_bytes",
+            &l.max_header_bytes,
+            &mut out.max_header_bytes,
+            1024..262_145,
+        ),
+        (
+            "limits.max_headers",
+            &l.max_headers,
+            &mut out.max_headers,
+            1..1001,
+        ),
+    ];
+    for (key, raw, slot, range) in fields {
+        if let Some(v) = raw {
+            *slot = src.int(key, v, range)?;
         }
     }
     Ok(out)
@@ -432,6 +483,7 @@ impl Config {
             forwarded_headers: true,
             persistence: None,
             timeouts: Timeouts::default(),
+            limits: ClientLimits::default(),
             retry: Retry::default(),
             health: HealthSettings::default(),
             backends: Vec::new(),

@@ -36,6 +36,10 @@ addr = "[::1]:9002"
 backup = true
 down = true
 max_conns = 10
+
+[limits]
+max_connections = 500
+max_header_bytes = 16384
 "#;
 
 #[test]
@@ -55,8 +59,20 @@ fn a_full_config_parses() {
     assert_eq!(c.timeouts.idle, Duration::from_secs(120));
     assert_eq!(
         c.timeouts.client_header,
-        Duration::from_secs(30),
+        Duration::from_secs(10),
         "default kept"
+    );
+    assert_eq!(c.limits.max_connections, 500);
+    assert_eq!(c.limits.max_header_bytes, 16384);
+    assert_eq!(c.limits.max_uri_bytes, 8192, "default kept");
+    assert_eq!(c.limits.max_headers, 100, "default kept");
+    let server = c.server();
+    let l = server.limits();
+    assert_eq!(l.header_read_timeout, Some(Duration::from_secs(10)));
+    assert_eq!(l.max_connections, Some(500));
+    assert_eq!(
+        (l.max_uri_bytes, l.max_header_bytes, l.max_headers),
+        (8192, 16384, 100)
     );
     assert_eq!(c.retry.max_tries(), 4);
     assert_eq!(c.retry.statuses().collect::<Vec<_>>(), vec![502, 504]);
@@ -167,6 +183,24 @@ fn each_kind_of_mistake_names_the_key_and_the_problem() {
         "[501]",
         "[501]",
         &["retry.on_status: ", "501"],
+    );
+    mistake(
+        "max_connections = 500",
+        "max_connections = -1",
+        "max_connections",
+        &["limits.max_connections: -1 is out of range (0..=10000000)"],
+    );
+    mistake(
+        "max_header_bytes = 16384",
+        "max_header_bytes = 100",
+        "max_header_bytes",
+        &["limits.max_header_bytes: 100 is out of range (1024..=262144)"],
+    );
+    mistake(
+        "max_connections = 500",
+        "max_conections = 500",
+        "max_conections",
+        &["unknown field `max_conections`", "max_connections"],
     );
     mistake(
         "tries = 4",

@@ -24,6 +24,7 @@
 use hyper::body::Incoming;
 use tower_layer::Layer;
 
+pub mod edge;
 mod forward;
 pub(crate) mod headers;
 mod idle;
@@ -32,6 +33,7 @@ mod redirect;
 mod server;
 mod upgrade;
 
+pub use edge::{EdgeStats, Limits};
 pub use forward::{Forward, ForwardConfig, ForwardFuture, HostHeader};
 pub use headers::{X_FORWARDED_FOR, X_FORWARDED_PROTO};
 pub use idle::IdleBody;

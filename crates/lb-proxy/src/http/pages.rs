@@ -1,4 +1,5 @@
-//! Errors answered as short HTTP responses: 502, 503, 504.
+//! Errors answered as short HTTP responses: 502, 503, 504, and the
+//! edge's refusals.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -21,9 +22,14 @@ pub fn error_text(status: StatusCode) -> &'static str {
     match status.as_u16() {
         400 => "400 Bad Request\n",
         404 => "404 Not Found\n",
+        408 => "408 Request Timeout: no request head in time\n",
+        414 => "414 URI Too Long\n",
+        431 => "431 Request Header Fields Too Large\n",
+        501 => "501 Not Implemented\n",
         502 => "502 Bad Gateway: the backend failed\n",
         503 => "503 Service Unavailable: no backend available\n",
         504 => "504 Gateway Timeout: the backend did not answer in time\n",
+        505 => "505 HTTP Version Not Supported\n",
         _ => "error\n",
     }
 }

@@ -6,15 +6,19 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tower_service::Service;
 
+use super::edge::{EdgeBody, EdgeConn, EdgeIo, EdgeStats, Limits};
 use crate::pick::{BoxError, ClientAddr, LocalAddr};
 
 /// Serves a tower service to HTTP clients on a listener.
@@ -23,16 +27,25 @@ use crate::pick::{BoxError, ClientAddr, LocalAddr};
 /// bytes: an HTTP/2 client must use prior knowledge, as there is no TLS
 /// here), each request carries the [`ClientAddr`] and [`LocalAddr`]
 /// extensions, and HTTP/1.1 protocol switches (WebSocket) are allowed.
-/// Malformed requests are answered `400 Bad Request` by hyper and the
-/// connection closed; other connections are not affected.
+///
+/// HTTP/1 requests pass [the edge](super::edge) first: strict RFC 9112
+/// parsing and the [`Limits`] (header read timeout, target, header block
+/// and field count limits, and a limit on open connections). A refused
+/// request is answered with its status (400, 408, 414, 431, 501, 505) and
+/// its connection closed; it never reaches the service. [`EdgeStats`]
+/// counts them.
 #[derive(Clone)]
 pub struct Server {
     builder: auto::Builder<TokioExecutor>,
+    limits: Limits,
+    stats: Arc<EdgeStats>,
 }
 
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Server").finish_non_exhaustive()
+        f.debug_struct("Server")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
     }
 }
 
@@ -43,42 +56,132 @@ impl Default for Server {
 }
 
 impl Server {
-    /// A server that waits at most 30 s for a request head.
+    /// A server with the default [`Limits`].
     pub fn new() -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
+            // The edge keeps the time (and answers 408, which hyper does not).
+            .header_read_timeout(None)
             .keep_alive(true);
         builder.http2().timer(TokioTimer::new());
-        Server { builder }
+        Server {
+            builder,
+            limits: Limits::default(),
+            stats: Arc::default(),
+        }
+        .with_limits(Limits::default())
     }
 
-    /// How long to wait for a client's request head (HTTP/1.1; also the
-    /// limit on an idle keep-alive connection waiting for its next request).
-    pub fn header_read_timeout(mut self, limit: Duration) -> Self {
-        self.builder.http1().header_read_timeout(limit);
+    /// Set every limit at once. Values are brought within what hyper can
+    /// serve: a target of at most [`Limits::MAX_URI_BYTES`], a header block
+    /// of at most [`Limits::MAX_HEADER_BYTES`], at most
+    /// [`Limits::MAX_HEADERS`] fields; at least one of each.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = Limits {
+            max_uri_bytes: limits.max_uri_bytes.clamp(1, Limits::MAX_URI_BYTES),
+            max_header_bytes: limits.max_header_bytes.clamp(1, Limits::MAX_HEADER_BYTES),
+            max_headers: limits.max_headers.clamp(1, Limits::MAX_HEADERS),
+            max_connections: limits
+                .max_connections
+                .map(|n| n.clamp(1, Semaphore::MAX_PERMITS)),
+            ..limits
+        };
+        // hyper's own count must let through all the edge lets through.
+        self.builder
+            .http1()
+            .max_headers(self.limits.max_headers.max(8));
         self
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// How long to wait for a client's request head (also the limit on an
+    /// idle keep-alive connection waiting for its next request); `None`
+    /// for no limit. See [`Limits::header_read_timeout`].
+    pub fn header_read_timeout(self, limit: impl Into<Option<Duration>>) -> Self {
+        let limits = Limits {
+            header_read_timeout: limit.into(),
+            ..self.limits
+        };
+        self.with_limits(limits)
+    }
+
+    /// The most client connections open at once (`None`: no limit). See
+    /// [`Limits::max_connections`].
+    pub fn max_connections(self, max: impl Into<Option<usize>>) -> Self {
+        let limits = Limits {
+            max_connections: max.into(),
+            ..self.limits
+        };
+        self.with_limits(limits)
+    }
+
+    /// The longest request target. See [`Limits::max_uri_bytes`].
+    pub fn max_uri_bytes(self, max: usize) -> Self {
+        let limits = Limits {
+            max_uri_bytes: max,
+            ..self.limits
+        };
+        self.with_limits(limits)
+    }
+
+    /// The longest header block. See [`Limits::max_header_bytes`].
+    pub fn max_header_bytes(self, max: usize) -> Self {
+        let limits = Limits {
+            max_header_bytes: max,
+            ..self.limits
+        };
+        self.with_limits(limits)
+    }
+
+    /// The most header fields in a request. See [`Limits::max_headers`].
+    pub fn max_headers(self, max: usize) -> Self {
+        let limits = Limits {
+            max_headers: max,
+            ..self.limits
+        };
+        self.with_limits(limits)
+    }
+
+    /// The counters of this server (shared by its clones).
+    pub fn stats(&self) -> Arc<EdgeStats> {
+        self.stats.clone()
     }
 
     /// Accept clients on `listener` and serve each with a clone of `svc`,
     /// until accepting fails for good. Transient accept errors (out of file
-    /// descriptors) are logged and retried after a short pause.
+    /// descriptors) are logged and retried after a short pause. At
+    /// [`Limits::max_connections`] open connections, accepting pauses until
+    /// one closes.
     pub async fn serve<S, B>(self, listener: TcpListener, svc: S) -> io::Error
     where
         S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
         S: Clone + Send + 'static,
         S::Future: Send + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
+        B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let local = match listener.local_addr() {
             Ok(a) => a,
             Err(e) => return e,
         };
+        let slots = self
+            .limits
+            .max_connections
+            .map(|n| Arc::new(Semaphore::new(n)));
         loop {
+            let slot = match &slots {
+                Some(s) => match s.clone().acquire_owned().await {
+                    Ok(permit) => Some(permit),
+                    Err(e) => return io::Error::other(e),
+                },
+                None => None,
+            };
             let (stream, peer) = match listener.accept().await {
                 Ok(pair) => pair,
                 Err(e) if is_transient(&e) => {
@@ -88,14 +191,19 @@ impl Server {
                 }
                 Err(e) => return e,
             };
-            tokio::spawn(
-                self.clone()
-                    .serve_connection(stream, peer, local, svc.clone()),
-            );
+            let conn = self
+                .clone()
+                .serve_connection(stream, peer, local, svc.clone());
+            tokio::spawn(async move {
+                conn.await;
+                drop(slot);
+            });
         }
     }
 
-    /// Serve one accepted connection to its end.
+    /// Serve one accepted connection to its end, through the edge (the
+    /// connection limit is [`serve`](Server::serve)'s: it applies to what
+    /// `serve` accepts).
     pub fn serve_connection<S, B>(
         self,
         stream: TcpStream,
@@ -107,27 +215,41 @@ impl Server {
         S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
         S: Clone + Send + 'static,
         S::Future: Send + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
+        B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let _ = stream.set_nodelay(true);
+        let open = self.stats.open_guard();
+        let edge = Arc::new(EdgeConn::default());
+        let io = EdgeIo::new(stream, edge.clone(), self.limits, self.stats.clone());
         let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            let (refusal, done) = edge.begin();
+            let edge = edge.clone();
             req.extensions_mut().insert(ClientAddr(peer));
             req.extensions_mut().insert(LocalAddr(local));
             let mut svc = svc.clone();
             async move {
+                if let Some(status) = refusal {
+                    return Ok(EdgeBody::refusal(status, done));
+                }
+                let upgrade = req.version() == Version::HTTP_11
+                    && req.headers().contains_key(header::UPGRADE);
                 std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
-                svc.call(req).await
+                let resp = svc.call(req).await?;
+                if upgrade {
+                    edge.decide_upgrade(resp.status() == StatusCode::SWITCHING_PROTOCOLS);
+                }
+                Ok::<_, Infallible>(resp.map(|b| EdgeBody::new(b, done)))
             }
         });
         async move {
             let conn = self
                 .builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc);
+                .serve_connection_with_upgrades(TokioIo::new(io), hyper_svc);
             if let Err(e) = conn.await {
                 tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
             }
+            drop(open);
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -65,17 +66,21 @@ pin_project! {
             #[pin]
             body: B,
             counters: Option<Arc<Counters>>,
+            // Set when the client's body fails: the attempt's error is then
+            // the client's doing, not the backend's.
+            failed: Option<Arc<AtomicBool>>,
         },
         Empty,
     }
 }
 
 impl<B> UpstreamBody<B> {
-    pub(crate) fn stream(body: B, counters: Arc<Counters>) -> Self {
+    pub(crate) fn stream(body: B, counters: Arc<Counters>, failed: Arc<AtomicBool>) -> Self {
         UpstreamBody {
             inner: Inner::Stream {
                 body,
                 counters: Some(counters),
+                failed: Some(failed),
             },
         }
     }
@@ -93,6 +98,7 @@ impl<B> UpstreamBody<B> {
             inner: Inner::Stream {
                 body,
                 counters: None,
+                failed: None,
             },
         }
     }
@@ -116,12 +122,20 @@ impl<B: Body> Body for UpstreamBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match self.project().inner.project() {
-            InnerProj::Stream { body, counters } => {
+            InnerProj::Stream {
+                body,
+                counters,
+                failed,
+            } => {
                 let frame = ready!(body.poll_frame(cx));
-                if let (Some(Ok(f)), Some(c)) = (&frame, counters) {
-                    if let Some(d) = f.data_ref() {
-                        c.add_bytes(d.remaining() as u64, 0);
+                match (&frame, counters, failed) {
+                    (Some(Ok(f)), Some(c), _) => {
+                        if let Some(d) = f.data_ref() {
+                            c.add_bytes(d.remaining() as u64, 0);
+                        }
                     }
+                    (Some(Err(_)), _, Some(failed)) => failed.store(true, Ordering::Relaxed),
+                    _ => {}
                 }
                 Poll::Ready(frame)
             }

@@ -14,8 +14,9 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 /// Why a balanced request got no response.
 ///
 /// Callers map it to an answer with [`status`](Error::status): 503 when no
-/// backend was eligible, 504 when the last backend tried timed out, 502
-/// otherwise (what nginx answers in the same cases).
+/// backend was eligible, 504 when the last backend tried timed out, 400
+/// when the client's own body failed, 502 otherwise (what nginx answers in
+/// the same cases).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -34,6 +35,10 @@ pub enum Error {
     /// The inner service failed to become ready (a tower readiness error,
     /// not tied to a backend).
     Service(BoxError),
+    /// The client's request body failed (cut short, or found malformed)
+    /// while it was being sent: not the backend's doing, so neither
+    /// reported to the observer nor retried.
+    Client(BoxError),
 }
 
 impl Error {
@@ -45,6 +50,7 @@ impl Error {
                 outcome: Outcome::Timeout,
                 ..
             } => StatusCode::GATEWAY_TIMEOUT,
+            Error::Client(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -73,6 +79,7 @@ impl fmt::Display for Error {
                 source,
             } => write!(f, "backend {backend}: {outcome}: {source}"),
             Error::Service(e) => write!(f, "service not ready: {e}"),
+            Error::Client(e) => write!(f, "the client's request body failed: {e}"),
         }
     }
 }
@@ -81,7 +88,9 @@ impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
             Error::NoBackend => None,
-            Error::Backend { source, .. } | Error::Service(source) => Some(&**source),
+            Error::Backend { source, .. } | Error::Service(source) | Error::Client(source) => {
+                Some(&**source)
+            }
         }
     }
 }
@@ -212,5 +221,6 @@ mod tests {
         assert_eq!(e(Outcome::Timeout).status(), 504);
         assert_eq!(e(Outcome::ConnectFailed).status(), 502);
         assert_eq!(e(Outcome::Broken).status(), 502);
+        assert_eq!(Error::Client("cut".into()).status(), 400);
     }
 }

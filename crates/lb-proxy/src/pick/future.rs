@@ -5,6 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -80,6 +81,8 @@ struct Attempts<S, B> {
     started: Instant,
     current: Option<Current>,
     next: Option<Request<UpstreamBody<B>>>,
+    /// Whether the client's body failed while being sent.
+    client_failed: Arc<AtomicBool>,
 }
 
 pin_project! {
@@ -143,11 +146,12 @@ where
             extensions: parts.extensions.clone(),
         });
         let (up, current) = upstream(conn);
+        let client_failed = Arc::new(AtomicBool::new(false));
         let body = if empty {
             drop(body);
             UpstreamBody::empty()
         } else {
-            UpstreamBody::stream(body, up.lease.counters().clone())
+            UpstreamBody::stream(body, up.lease.counters().clone(), client_failed.clone())
         };
         let mut tried = [up.id; MAX_TRIES];
         tried[0] = up.id;
@@ -170,6 +174,7 @@ where
                 started: now,
                 current: Some(current),
                 next: Some(req),
+                client_failed,
             },
         }
     }
@@ -191,6 +196,7 @@ where
                 started: now,
                 current: None,
                 next: None,
+                client_failed: Arc::default(),
             },
         }
     }
@@ -269,6 +275,12 @@ impl<S, B> Attempts<S, B> {
                     return Step::Retry;
                 }
                 Step::Done(Ok(resp.map(|b| LeasedBody::new(b, cur.lease))))
+            }
+            Err(e) if self.client_failed.load(Ordering::Relaxed) => {
+                // The client's body broke off: no fault of the backend's,
+                // and nothing to send again.
+                tracing::debug!(backend = %cur.name, "the client's request body failed");
+                Step::Done(Err(Error::Client(e.into())))
             }
             Err(e) => {
                 let e: BoxError = e.into();

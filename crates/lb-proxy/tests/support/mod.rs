@@ -1,6 +1,9 @@
 //! Real backends, a real proxy and small clients on loopback sockets.
 #![allow(dead_code)]
 
+pub mod probe;
+pub mod raw;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -277,10 +280,20 @@ impl Drop for TestProxy {
 
 /// Start the full HTTP proxy stack on `ip`.
 pub async fn start_proxy(ip: &str, layer: BalanceLayer, forward: ForwardConfig) -> TestProxy {
+    start_proxy_with(ip, layer, forward, Server::new()).await
+}
+
+/// Start the full HTTP proxy stack on `ip`, served by `server`.
+pub async fn start_proxy_with(
+    ip: &str,
+    layer: BalanceLayer,
+    forward: ForwardConfig,
+    server: Server,
+) -> TestProxy {
     let listener = TcpListener::bind((ip, 0)).await.expect("bind proxy");
     let addr = listener.local_addr().unwrap();
     let svc = proxy(layer, forward);
-    let task = tokio::spawn(Server::new().serve(listener, svc));
+    let task = tokio::spawn(server.serve(listener, svc));
     TestProxy { addr, task }
 }
 

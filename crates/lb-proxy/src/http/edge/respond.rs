@@ -1,0 +1,163 @@
+//! The service side of the edge: answering refused requests in order, and
+//! telling the connection's reader when responses are done and whether a
+//! protocol switch happened.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use hyper::body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::http::pages::{error_text, text_response, ProxyBody};
+
+/// What one client connection's reader ([`EdgeIo`](super::EdgeIo)) and its
+/// service share.
+#[derive(Debug, Default)]
+pub(crate) struct EdgeConn {
+    /// Request heads handed to hyper, stand-ins included.
+    released: AtomicU64,
+    /// Service calls so far.
+    called: AtomicU64,
+    /// Responses finished (their bodies dropped).
+    done: AtomicU64,
+    /// The ordinal of the stand-in request, if any, and its status.
+    reject_at: AtomicU64,
+    reject_status: AtomicU16,
+    /// 0: no decision yet; 1: switched protocols; 2: did not.
+    upgrade: AtomicU8,
+    reader: Mutex<Option<Waker>>,
+}
+
+impl EdgeConn {
+    /// Note a head handed to hyper.
+    pub(crate) fn release(&self) {
+        self.released.fetch_add(1, SeqCst);
+    }
+
+    /// Note that the next head handed to hyper is a stand-in for a request
+    /// to answer with `status`.
+    pub(crate) fn reject_next(&self, status: StatusCode) {
+        self.reject_status.store(status.as_u16(), SeqCst);
+        self.reject_at.store(self.released.load(SeqCst) + 1, SeqCst);
+        self.release();
+    }
+
+    /// Whether some request handed to hyper has not been answered in full.
+    pub(crate) fn owes_responses(&self) -> bool {
+        self.done.load(SeqCst) < self.released.load(SeqCst)
+    }
+
+    /// Whether the last protocol switch request was answered with a switch;
+    /// `None` before its response. Taking the answer clears it.
+    pub(crate) fn take_upgrade(&self) -> Option<bool> {
+        match self.upgrade.swap(0, SeqCst) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Wake the reader when a response ends or an upgrade is decided.
+    pub(crate) fn register(&self, waker: &Waker) {
+        let mut slot = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+    }
+
+    fn wake(&self) {
+        let waker = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Start serving a request: the stand-in's status if it is one, and a
+    /// guard that marks its response done when dropped.
+    pub(crate) fn begin(self: &Arc<Self>) -> (Option<StatusCode>, ResponseGuard) {
+        let n = self.called.fetch_add(1, SeqCst) + 1;
+        let reject = (self.reject_at.load(SeqCst) == n)
+            .then(|| StatusCode::from_u16(self.reject_status.load(SeqCst)).ok())
+            .flatten();
+        (reject, ResponseGuard(self.clone()))
+    }
+
+    /// Record whether a protocol switch request got `101`.
+    pub(crate) fn decide_upgrade(&self, switched: bool) {
+        self.upgrade.store(if switched { 1 } else { 2 }, SeqCst);
+        self.wake();
+    }
+}
+
+/// Marks a response done when dropped.
+#[derive(Debug)]
+pub(crate) struct ResponseGuard(Arc<EdgeConn>);
+
+impl Drop for ResponseGuard {
+    fn drop(&mut self) {
+        self.0.done.fetch_add(1, SeqCst);
+        self.0.wake();
+    }
+}
+
+pin_project! {
+    /// A response body that tells the edge when it is done.
+    pub(crate) struct EdgeBody<B> {
+        #[pin]
+        body: ProxyBody<B>,
+        guard: Option<ResponseGuard>,
+    }
+}
+
+impl<B> EdgeBody<B> {
+    /// The service's body.
+    pub(crate) fn new(body: B, guard: ResponseGuard) -> Self {
+        EdgeBody {
+            body: ProxyBody::backend(body),
+            guard: Some(guard),
+        }
+    }
+
+    /// The answer to a refused request: `status`, then close.
+    pub(crate) fn refusal(status: StatusCode, guard: ResponseGuard) -> Response<Self> {
+        let mut resp = text_response::<B>(status, error_text(status));
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp.map(|body| EdgeBody {
+            body,
+            guard: Some(guard),
+        })
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for EdgeBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            // The last piece is out: done, without waiting for the drop.
+            this.guard.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
