@@ -100,6 +100,9 @@ pub struct Config {
     pub health: HealthSettings,
     /// The backends, in pool order.
     pub backends: Vec<BackendConfig>,
+    /// Idle keep-alive connections kept per backend (nginx `keepalive N`);
+    /// the forwarder's default when absent.
+    pub keepalive: Option<usize>,
 }
 
 /// LVS persistence (`ipvsadm -p TIMEOUT -M NETMASK`).
@@ -380,6 +383,7 @@ impl Config {
         }
         // nginx tries every server of the upstream once per request at most.
         c.retry = c.retry.tries(up.servers.len());
+        c.keepalive = up.keepalive.map(|n| n as usize);
         parse::check(&c, None)?;
         Ok(c)
     }
@@ -431,6 +435,9 @@ impl Config {
             idle_timeout: Some(self.timeouts.idle),
             host: self.host.clone(),
             forwarded_headers: self.forwarded_headers,
+            max_idle_per_backend: self
+                .keepalive
+                .unwrap_or(ForwardConfig::default().max_idle_per_backend),
             ..ForwardConfig::default()
         }
     }

@@ -487,6 +487,7 @@ impl Config {
             retry: Retry::default(),
             health: HealthSettings::default(),
             backends: Vec::new(),
+            keepalive: None,
         }
     }
 }

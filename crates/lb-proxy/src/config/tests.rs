@@ -290,3 +290,26 @@ fn durations() {
     assert!(parse_duration("-1s").is_err());
     assert!(parse_duration("1.5s").is_err());
 }
+
+#[test]
+fn nginx_upstream_maps_to_a_config() {
+    let conf = crate::nginx_conf::parse(
+        "upstream u {\n  hash $request_uri consistent;\n  server 127.0.0.1:9001 max_fails=3 fail_timeout=30s;\n  server 127.0.0.1:9002 weight=2;\n  keepalive 16;\n}\n",
+    )
+    .unwrap();
+    let c = Config::from_nginx(
+        conf.upstream(None).unwrap(),
+        "127.0.0.1:8080".parse().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(c.scheduler, "hash consistent");
+    assert!(c.hash_key.is_some());
+    assert_eq!(
+        (c.health.max_fails, c.health.fail_timeout.as_secs()),
+        (3, 30)
+    );
+    assert_eq!(c.forward_config().max_idle_per_backend, 16);
+    assert_eq!(c.backends[1].weight, 2);
+    assert_eq!(c.backends[0].server_text.as_deref(), Some("127.0.0.1:9001"));
+    c.balancer().unwrap();
+}
