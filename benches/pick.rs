@@ -4,13 +4,14 @@
 //! `cargo bench --bench pick` (all), or e.g. `cargo bench --bench pick -- wlc/`
 //! for one scheduler. `LB_BENCH_QUICK=1` shortens the runs.
 
+use std::cell::OnceCell;
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use lb_core::{Backend, ConnGuard, Ctx, Pool};
-use lb_sched::Balancer;
+use lb_core::{Backend, Change, ConnGuard, Ctx, Pool};
+use lb_sched::{Balancer, Persist};
 
 const SIZES: [usize; 3] = [3, 100, 10_000];
 /// Distinct clients, destinations and keys cycled through by the picks.
@@ -26,11 +27,15 @@ struct Fixture {
 
 fn fixture(sched: &str, n: usize) -> Fixture {
     let pool = Pool::new();
-    for i in 0..n {
-        let addr = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 80));
-        pool.add(Backend::new(format!("b{i}"), addr).with_weight(1 + (i % 4) as u64))
-            .expect("valid backend");
-    }
+    // One batch: one snapshot, instead of n writes each copying the pool.
+    pool.batch(|b| {
+        for i in 0..n {
+            let addr = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 80));
+            b.add(Backend::new(format!("b{i}"), addr).with_weight(1 + (i % 4) as u64))?;
+        }
+        Ok(())
+    })
+    .expect("valid backends");
     // Some standing load so least-connection schedulers compare real numbers.
     let mut load = Vec::new();
     for (i, m) in pool.load().members().iter().enumerate() {
@@ -79,8 +84,10 @@ fn bench_single(c: &mut Criterion) {
     let mut g = c.benchmark_group("pick");
     for name in lb_sched::NAMES {
         for n in SIZES {
-            let f = fixture(name, n);
-            g.bench_with_input(BenchmarkId::new(*name, n), &f, |b, f| {
+            // Built on first use: criterion runs only the benchmarks the filter selects.
+            let cell = OnceCell::new();
+            g.bench_function(BenchmarkId::new(*name, n), |b| {
+                let f = cell.get_or_init(|| fixture(name, n));
                 let mut i = 0usize;
                 b.iter(|| {
                     i = i.wrapping_add(1);
@@ -92,12 +99,118 @@ fn bench_single(c: &mut Criterion) {
     g.finish();
 }
 
+/// What every pick above pays before the scheduler runs: one snapshot load
+/// and building the `Ctx`. Subtract it to see a scheduler's own cost.
+fn bench_overhead(c: &mut Criterion) {
+    let mut g = c.benchmark_group("overhead");
+    let cell = OnceCell::new();
+    g.bench_function("load+ctx", |b| {
+        let f = cell.get_or_init(|| fixture("rr", 3));
+        let mut i = 0usize;
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let k = i % CLIENTS;
+            let snap = f.lb.pool().load();
+            let ctx = Ctx::at(f.clients[k], Duration::from_secs(1))
+                .with_dest(f.dests[k])
+                .with_key(f.keys[k].as_bytes());
+            black_box((&*snap, &ctx));
+        })
+    });
+    g.finish();
+}
+
+/// Persistence around rr: every client has a template after its first pick,
+/// so the measured picks are template hits.
+fn bench_persist(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pick");
+    for n in SIZES {
+        let cell = OnceCell::new();
+        g.bench_function(BenchmarkId::new("persist", n), |b| {
+            let f = cell.get_or_init(|| {
+                let f = fixture("rr", n);
+                let sched =
+                    Persist::new(lb_sched::build("rr").expect("rr"), Duration::from_secs(300));
+                let lb = Balancer::new(f.lb.pool().clone(), Box::new(sched));
+                let f = Fixture { lb, ..f };
+                for i in 0..CLIENTS {
+                    f.pick(i);
+                }
+                f
+            });
+            let mut i = 0usize;
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                black_box(f.pick(i))
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Opening and closing one connection on a backend (the counter updates the
+/// least-connection schedulers read), with each scheduler attached.
+fn bench_open_close(c: &mut Criterion) {
+    let mut g = c.benchmark_group("open_close");
+    for name in ["rr", "wlc"] {
+        for n in SIZES {
+            let cell = OnceCell::new();
+            g.bench_function(BenchmarkId::new(name, n), |b| {
+                let f = cell.get_or_init(|| fixture(name, n));
+                let snap = f.lb.pool().load();
+                let members = snap.members();
+                let mut i = 0usize;
+                b.iter(|| {
+                    i = (i + 7) % members.len();
+                    let mut g = members[i].connect();
+                    g.idle();
+                    drop(black_box(g));
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+/// A pool write at 10,000 backends: the whole write (copy of the member
+/// list, the scheduler's `prepare`, publication), and `prepare` alone.
+fn bench_rebuild(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rebuild");
+    let n = 10_000;
+    for name in ["rr", "wrr", "wlc", "sh", "dh", "mh"] {
+        let cell = OnceCell::new();
+        g.bench_function(BenchmarkId::new(format!("{name}/write"), n), |b| {
+            let f = cell.get_or_init(|| fixture(name, n));
+            let pool = f.lb.pool();
+            let id = pool.load().members()[n / 2].id();
+            let mut w = 1;
+            b.iter(|| {
+                w = w % 4 + 1;
+                pool.set_weight(id, w).expect("valid weight");
+            })
+        });
+        g.bench_function(BenchmarkId::new(format!("{name}/prepare"), n), |b| {
+            let f = cell.get_or_init(|| fixture(name, n));
+            let snap = f.lb.pool().snapshot();
+            let id = snap.members()[n / 2].id();
+            b.iter(|| {
+                black_box(
+                    f.lb.scheduler()
+                        .prepare(&snap, Some(&snap), Change::Weight(id)),
+                );
+            })
+        });
+    }
+    g.finish();
+}
+
 fn bench_two_threads(c: &mut Criterion) {
     let mut g = c.benchmark_group("pick_2threads");
     for name in lb_sched::NAMES {
         for n in SIZES {
-            let f = fixture(name, n);
-            g.bench_with_input(BenchmarkId::new(*name, n), &f, |b, f| {
+            let cell = OnceCell::new();
+            g.bench_function(BenchmarkId::new(*name, n), |b| {
+                let f: &Fixture = cell.get_or_init(|| fixture(name, n));
                 // Time per pick as each of two threads sees it while both pick.
                 b.iter_custom(|iters| {
                     let start = Instant::now();
@@ -134,6 +247,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_single, bench_two_threads
+    targets = bench_overhead, bench_single, bench_persist, bench_open_close, bench_rebuild, bench_two_threads
 }
 criterion_main!(benches);
