@@ -2,16 +2,22 @@
 //! single-threaded and with two threads picking at once.
 //!
 //! `cargo bench --bench pick` (all), or e.g. `cargo bench --bench pick -- wlc/`
-//! for one scheduler. `LB_BENCH_QUICK=1` shortens the runs.
+//! for one scheduler. `LB_BENCH_QUICK=1` shortens the runs;
+//! `LB_BENCH_CLOCK=thread` measures thread CPU time instead of wall time
+//! (steadier on a shared machine; see `support/clock.rs`).
 
 use std::cell::OnceCell;
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use lb_core::{Backend, Change, ConnGuard, Ctx, Pool};
 use lb_sched::{Balancer, Persist};
+
+#[path = "support/clock.rs"]
+mod clock;
+use clock::Clock;
 
 const SIZES: [usize; 3] = [3, 100, 10_000];
 /// Distinct clients, destinations and keys cycled through by the picks.
@@ -80,7 +86,7 @@ fn quick() -> bool {
     std::env::var_os("LB_BENCH_QUICK").is_some()
 }
 
-fn bench_single(c: &mut Criterion) {
+fn bench_single(c: &mut Criterion<Clock>) {
     let mut g = c.benchmark_group("pick");
     for name in lb_sched::NAMES {
         for n in SIZES {
@@ -101,7 +107,7 @@ fn bench_single(c: &mut Criterion) {
 
 /// What every pick above pays before the scheduler runs: one snapshot load
 /// and building the `Ctx`. Subtract it to see a scheduler's own cost.
-fn bench_overhead(c: &mut Criterion) {
+fn bench_overhead(c: &mut Criterion<Clock>) {
     let mut g = c.benchmark_group("overhead");
     let cell = OnceCell::new();
     g.bench_function("load+ctx", |b| {
@@ -122,7 +128,7 @@ fn bench_overhead(c: &mut Criterion) {
 
 /// Persistence around rr: every client has a template after its first pick,
 /// so the measured picks are template hits.
-fn bench_persist(c: &mut Criterion) {
+fn bench_persist(c: &mut Criterion<Clock>) {
     let mut g = c.benchmark_group("pick");
     for n in SIZES {
         let cell = OnceCell::new();
@@ -150,7 +156,7 @@ fn bench_persist(c: &mut Criterion) {
 
 /// Opening and closing one connection on a backend (the counter updates the
 /// least-connection schedulers read), with each scheduler attached.
-fn bench_open_close(c: &mut Criterion) {
+fn bench_open_close(c: &mut Criterion<Clock>) {
     let mut g = c.benchmark_group("open_close");
     for name in ["rr", "wlc"] {
         for n in SIZES {
@@ -174,7 +180,7 @@ fn bench_open_close(c: &mut Criterion) {
 
 /// A pool write at 10,000 backends: the whole write (copy of the member
 /// list, the scheduler's `prepare`, publication), and `prepare` alone.
-fn bench_rebuild(c: &mut Criterion) {
+fn bench_rebuild(c: &mut Criterion<Clock>) {
     let mut g = c.benchmark_group("rebuild");
     let n = 10_000;
     for name in ["rr", "wrr", "wlc", "sh", "dh", "mh"] {
@@ -204,7 +210,7 @@ fn bench_rebuild(c: &mut Criterion) {
     g.finish();
 }
 
-fn bench_two_threads(c: &mut Criterion) {
+fn bench_two_threads(c: &mut Criterion<Clock>) {
     let mut g = c.benchmark_group("pick_2threads");
     for name in lb_sched::NAMES {
         for n in SIZES {
@@ -212,18 +218,28 @@ fn bench_two_threads(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new(*name, n), |b| {
                 let f: &Fixture = cell.get_or_init(|| fixture(name, n));
                 // Time per pick as each of two threads sees it while both pick.
+                // Each thread times its own picks; the slower one counts.
                 b.iter_custom(|iters| {
-                    let start = Instant::now();
+                    let clock = Clock::from_env();
                     std::thread::scope(|s| {
-                        for t in 0..2usize {
-                            s.spawn(move || {
-                                for i in 0..iters as usize {
-                                    black_box(f.pick(i.wrapping_mul(2).wrapping_add(t)));
-                                }
-                            });
-                        }
-                    });
-                    start.elapsed()
+                        let threads: Vec<_> = (0..2usize)
+                            .map(|t| {
+                                let clock = &clock;
+                                s.spawn(move || {
+                                    let start = clock.now();
+                                    for i in 0..iters as usize {
+                                        black_box(f.pick(i.wrapping_mul(2).wrapping_add(t)));
+                                    }
+                                    start.elapsed()
+                                })
+                            })
+                            .collect();
+                        threads
+                            .into_iter()
+                            .map(|h| h.join().expect("bench thread"))
+                            .max()
+                            .unwrap_or_default()
+                    })
                 })
             });
         }
@@ -231,8 +247,12 @@ fn bench_two_threads(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    let c = Criterion::default().configure_from_args();
+fn config() -> Criterion<Clock> {
+    let clock = Clock::from_env();
+    eprintln!("measuring {}", clock.name());
+    let c = Criterion::default()
+        .with_measurement(clock)
+        .configure_from_args();
     if quick() {
         c.warm_up_time(Duration::from_millis(200))
             .measurement_time(Duration::from_millis(500))
