@@ -10,6 +10,7 @@ use crate::backend::{Backend, BackendId, Health, Member, MAX_CONNS, MAX_WEIGHT};
 use crate::counters::Counters;
 use crate::error::PoolError;
 use crate::snapshot::{Change, Prepare, Snapshot};
+use crate::watch::Board;
 
 /// A cheap handle to a loaded snapshot, held only for the duration of a pick.
 pub type SnapshotRef = arc_swap::Guard<Arc<Snapshot>>;
@@ -41,6 +42,8 @@ pub struct Pool {
 struct Inner {
     current: ArcSwap<Snapshot>,
     writer: Mutex<Writer>,
+    /// The load watch the backends' counters report to.
+    board: Arc<Board>,
 }
 
 struct Writer {
@@ -76,6 +79,7 @@ impl Pool {
                     overrides: Vec::new(),
                     preparer: None,
                 }),
+                board: Arc::new(Board::default()),
             }),
         }
     }
@@ -171,6 +175,7 @@ impl Pool {
             next_id: w.next_id,
             overrides: w.overrides.clone(),
             changes: Vec::new(),
+            board: self.inner.board.clone(),
         };
         let out = f(&mut batch)?;
         if batch.changes.is_empty() {
@@ -194,10 +199,18 @@ impl Pool {
             version: w.version,
             members,
             tables: None,
+            board: Some(self.inner.board.clone()),
         };
+        let board = &self.inner.board;
+        let generation = board.generation();
         if let Some(p) = &w.preparer {
             let prev_ref = if attach { None } else { Some(&*prev) };
             next.tables = p.prepare(&next, prev_ref, change);
+        }
+        if board.generation() == generation {
+            // The preparer installed no load watch for `next`: the
+            // previous one, if any, no longer follows the right backends.
+            board.clear();
         }
         self.inner.current.store(Arc::new(next));
     }
@@ -210,6 +223,7 @@ pub struct Batch {
     next_id: u32,
     overrides: Vec<(BackendId, u32)>,
     changes: Vec<Change>,
+    board: Arc<Board>,
 }
 
 fn check_weight(name: &str, weight: u64) -> Result<u32, PoolError> {
@@ -267,7 +281,7 @@ impl Batch {
             health: b.health,
             backup: b.backup,
             max_conns: b.max_conns as u32,
-            counters: Counters::new(),
+            counters: Counters::in_pool(self.board.clone()),
         });
         self.changes.push(Change::Added(id));
         Ok(id)

@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use lb_core::{BackendId, Ctx, Member, Pick, Snapshot};
+use lb_core::{BackendId, Change, Ctx, Member, Pick, Snapshot, Tables};
 
-use crate::lc::{decided, least, lvs_overhead, wlc, wlc_cost};
+use crate::lc::{decided, least, lvs_overhead, prepare_index, wlc, wlc_cost};
+use crate::least::Rule;
 use crate::trace::{pick_via_select, why, Load, Trace};
 use crate::Scheduler;
 
@@ -186,6 +187,10 @@ impl LocalityLeastConn {
 impl Scheduler for LocalityLeastConn {
     fn name(&self) -> &'static str {
         "lblc"
+    }
+
+    fn prepare(&self, next: &Snapshot, _: Option<&Snapshot>, _: Change) -> Option<Tables> {
+        prepare_index(Rule::Wlc, next)
     }
 
     pick_via_select!();
@@ -448,6 +453,10 @@ impl LocalityReplicated {
 impl Scheduler for LocalityReplicated {
     fn name(&self) -> &'static str {
         "lblcr"
+    }
+
+    fn prepare(&self, next: &Snapshot, _: Option<&Snapshot>, _: Change) -> Option<Tables> {
+        prepare_index(Rule::Wlc, next)
     }
 
     pick_via_select!();

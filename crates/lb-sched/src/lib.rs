@@ -43,6 +43,7 @@ mod fo;
 mod hash;
 mod lblc;
 mod lc;
+mod least;
 mod nginx;
 mod p2c;
 mod persist;
