@@ -116,11 +116,13 @@ impl Rule {
     }
 }
 
-/// What a pick reads: the root's position, and whether the tree still
-/// follows the counters.
+/// What a pick reads: the root's position, how many eligible backends are
+/// under half load (`2 * active < weight`, for lblc's overload rule), and
+/// whether the tree still follows the counters.
 #[derive(Debug)]
 struct Root {
     pos: AtomicU32,
+    under_half: AtomicU32,
     live: AtomicBool,
 }
 
@@ -142,6 +144,7 @@ impl LeastIndex {
         }
         let root = Arc::new(Root {
             pos: AtomicU32::new(NONE),
+            under_half: AtomicU32::new(0),
             live: AtomicBool::new(true),
         });
         let tree = Tree::new(rule, members, root.clone());
@@ -158,15 +161,31 @@ impl LeastIndex {
         ctx: &Ctx<'_>,
         rule: Rule,
     ) -> Option<Option<&'s Member>> {
-        let index = snap.tables::<LeastIndex>()?;
-        let root = index.root.as_ref()?;
-        if index.rule != rule || !ctx.tried().is_empty() || !root.live.load(Ordering::Acquire) {
-            return None;
-        }
+        let root = Self::usable(snap, ctx, rule)?;
         match root.pos.load(Ordering::Acquire) {
             NONE => Some(None),
             pos => Some(snap.members().get(pos as usize)),
         }
+    }
+
+    /// Whether some backend usable for `ctx` has `2 * active < weight`, by
+    /// the index prepared for `snap` (any rule), when it can tell exactly.
+    #[inline]
+    pub(crate) fn any_under_half(snap: &Snapshot, ctx: &Ctx<'_>) -> Option<bool> {
+        let rule = snap.tables::<LeastIndex>()?.rule;
+        let root = Self::usable(snap, ctx, rule)?;
+        Some(root.under_half.load(Ordering::Acquire) > 0)
+    }
+
+    /// The root of the index of `rule` for `snap`, if it answers exactly
+    /// for `ctx`.
+    #[inline]
+    fn usable<'a>(snap: &'a Snapshot, ctx: &Ctx<'_>, rule: Rule) -> Option<&'a Root> {
+        let index = snap.tables::<LeastIndex>()?;
+        let root = index.root.as_deref()?;
+        let exact =
+            index.rule == rule && ctx.tried().is_empty() && root.live.load(Ordering::Acquire);
+        exact.then_some(root)
     }
 }
 
@@ -178,6 +197,10 @@ struct Tree {
     nodes: Vec<Node>,
     /// Each position's weight if it is eligible (up, weight > 0), else 0.
     weights: Vec<u32>,
+    /// Whether each position is eligible with `2 * active < weight`, and
+    /// how many are.
+    half: Vec<bool>,
+    under_half: u32,
     root: Arc<Root>,
 }
 
@@ -192,8 +215,27 @@ impl Tree {
             rule,
             size,
             nodes: vec![Node::EMPTY; 2 * size],
+            half: vec![false; members.len()],
             weights,
+            under_half: 0,
             root,
+        }
+    }
+
+    /// Record whether the backend at `pos` is under half load.
+    #[inline]
+    fn set_half(&mut self, pos: usize, active: u32) {
+        let half = 2 * u64::from(active) < u64::from(self.weights[pos]);
+        if self.half[pos] != half {
+            self.half[pos] = half;
+            if half {
+                self.under_half += 1;
+            } else {
+                self.under_half -= 1;
+            }
+            self.root
+                .under_half
+                .store(self.under_half, Ordering::Release);
         }
     }
 
@@ -205,9 +247,10 @@ impl Tree {
 
 impl LoadWatch for Tree {
     fn start(&mut self, members: &[Member]) {
-        for (i, m) in members.iter().enumerate() {
-            let w = self.weights.get(i).copied().unwrap_or(0);
-            self.nodes[self.size + i] = self.rule.leaf(i, w, m.counters().load());
+        for (i, m) in members.iter().enumerate().take(self.weights.len()) {
+            let counts = m.counters().load();
+            self.nodes[self.size + i] = self.rule.leaf(i, self.weights[i], counts);
+            self.set_half(i, counts.0);
         }
         for k in (1..self.size).rev() {
             self.nodes[k] = self.rule.winner(self.nodes[2 * k], self.nodes[2 * k + 1]);
@@ -220,8 +263,10 @@ impl LoadWatch for Tree {
         let Some(&w) = self.weights.get(pos) else {
             return;
         };
+        let counts = counters.load();
+        self.set_half(pos, counts.0);
         let mut k = self.size + pos;
-        let leaf = self.rule.leaf(pos, w, counters.load());
+        let leaf = self.rule.leaf(pos, w, counts);
         if self.nodes[k] == leaf {
             return;
         }

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use lb_core::{Backend, BackendId, ConnGuard, Ctx, Health, Member, Pool, Snapshot};
-use lb_sched::{build, Balancer, Explain};
+use lb_sched::{build, Balancer, Explain, Persist};
 use proptest::prelude::*;
 
 /// One operation on the pool or its connections.
@@ -82,7 +82,11 @@ impl World {
             pool.add(Backend::new(format!("b{i}"), addr(i)).with_weight(w))
                 .unwrap();
         }
-        let lb = Balancer::new(pool.clone(), build(sched).unwrap());
+        let sched = match sched.strip_prefix("persist ") {
+            Some(inner) => Box::new(Persist::new(build(inner).unwrap(), Duration::from_secs(2))),
+            None => build(sched).unwrap(),
+        };
+        let lb = Balancer::new(pool.clone(), sched);
         World {
             pool,
             lb,
@@ -257,14 +261,16 @@ proptest! {
         }
     }
 
-    /// Every registered scheduler picks exactly as its own explained (linear
-    /// scan) path does in a twin pool that goes through the same operations.
+    /// Every registered scheduler, and persistence around rr and wlc, picks
+    /// exactly as its own explained (linear scan) path does in a twin pool
+    /// that goes through the same operations.
     #[test]
     fn fast_picks_match_the_explained_scan(
         weights in prop::collection::vec(0u64..=5, 0..12),
         ops in prop::collection::vec(op(), 1..100),
     ) {
-        for sched in lb_sched::NAMES {
+        let persist = ["persist rr", "persist wlc"];
+        for sched in lb_sched::NAMES.iter().chain(&persist) {
             let (mut fast, mut slow) = (World::new(sched, &weights), World::new(sched, &weights));
             let mut now = Duration::ZERO;
             for (step, op) in ops.iter().enumerate() {
