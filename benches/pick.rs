@@ -71,14 +71,17 @@ fn fixture(sched: &str, n: usize) -> Fixture {
 }
 
 impl Fixture {
+    /// One pick as `Balancer::connect` makes it, without the connection:
+    /// the snapshot through `Pool::with_snapshot`, then the scheduler.
     #[inline]
     fn pick(&self, i: usize) -> bool {
         let k = i % CLIENTS;
-        let snap = self.lb.pool().load();
         let ctx = Ctx::at(self.clients[k], Duration::from_secs(1))
             .with_dest(self.dests[k])
             .with_key(self.keys[k].as_bytes());
-        self.lb.scheduler().pick(&snap, &ctx).is_some()
+        self.lb
+            .pool()
+            .with_snapshot(|snap| self.lb.scheduler().pick(snap, &ctx).is_some())
     }
 }
 
@@ -105,11 +108,25 @@ fn bench_single(c: &mut Criterion<Clock>) {
     g.finish();
 }
 
-/// What every pick above pays before the scheduler runs: one snapshot load
-/// and building the `Ctx`. Subtract it to see a scheduler's own cost.
+/// What every pick above pays before the scheduler runs: reaching the
+/// snapshot (`with_snapshot`, as the picks do, or a plain `load`) and
+/// building the `Ctx`. Subtract it to see a scheduler's own cost.
 fn bench_overhead(c: &mut Criterion<Clock>) {
     let mut g = c.benchmark_group("overhead");
     let cell = OnceCell::new();
+    g.bench_function("with_snapshot+ctx", |b| {
+        let f = cell.get_or_init(|| fixture("rr", 3));
+        let mut i = 0usize;
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let k = i % CLIENTS;
+            let ctx = Ctx::at(f.clients[k], Duration::from_secs(1))
+                .with_dest(f.dests[k])
+                .with_key(f.keys[k].as_bytes());
+            f.lb.pool()
+                .with_snapshot(|snap| black_box((snap, &ctx)).0.len())
+        })
+    });
     g.bench_function("load+ctx", |b| {
         let f = cell.get_or_init(|| fixture("rr", 3));
         let mut i = 0usize;
@@ -180,10 +197,10 @@ fn bench_locality(c: &mut Criterion<Clock>) {
             let mut i = 0usize;
             b.iter(|| {
                 i = (i + 7919) % DESTS;
-                let snap = f.lb.pool().load();
                 let ctx =
                     Ctx::at(f.clients[i % CLIENTS], Duration::from_secs(1)).with_dest(dest(i));
-                black_box(f.lb.scheduler().pick(&snap, &ctx).is_some())
+                let sched = f.lb.scheduler();
+                black_box(f.lb.pool().with_snapshot(|s| sched.pick(s, &ctx).is_some()))
             })
         });
     }

@@ -1,6 +1,8 @@
 //! The pool: rare writes that publish immutable snapshots.
 
+use std::cell::RefCell;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -40,6 +42,10 @@ pub struct Pool {
 }
 
 struct Inner {
+    /// Unique among the pools of the process (for the per-thread cache).
+    id: u64,
+    /// The version of `current`, stored after it (for the per-thread cache).
+    published: AtomicU64,
     current: ArcSwap<Snapshot>,
     writer: Mutex<Writer>,
     /// The load watch the backends' counters report to.
@@ -61,6 +67,18 @@ impl fmt::Debug for Pool {
     }
 }
 
+/// The source of pool ids.
+static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(0);
+
+/// How many pools' snapshots a thread keeps for [`Pool::with_snapshot`].
+const SEEN_POOLS: usize = 4;
+
+thread_local! {
+    /// The snapshot this thread last read of each of the last few pools it
+    /// used, most recent first: `(pool id, snapshot)`.
+    static SEEN: RefCell<Vec<(u64, Arc<Snapshot>)>> = const { RefCell::new(Vec::new()) };
+}
+
 impl Default for Pool {
     fn default() -> Self {
         Self::new()
@@ -72,6 +90,8 @@ impl Pool {
     pub fn new() -> Self {
         Pool {
             inner: Arc::new(Inner {
+                id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+                published: AtomicU64::new(0),
                 current: ArcSwap::from_pointee(Snapshot::empty()),
                 writer: Mutex::new(Writer {
                     next_id: 0,
@@ -94,6 +114,49 @@ impl Pool {
     /// The current snapshot as an owned `Arc`, to keep.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.inner.current.load_full()
+    }
+
+    /// Run `f` on the current snapshot: the same snapshot as
+    /// [`load`](Self::load), for less on the pick path.
+    ///
+    /// Each thread keeps the snapshot it last read of each of the last few
+    /// pools it used; while the pool has not changed, reaching it costs one
+    /// atomic read of the pool's version and no atomic write at all (a
+    /// `load` pays for two read-modify-writes to protect the snapshot). When
+    /// the pool has changed, the new snapshot replaces the kept one.
+    ///
+    /// The cost: a thread holds on to the last snapshot it read of up to
+    /// four pools (and so to their tables) until it reads a newer one, uses
+    /// other pools, or exits.
+    ///
+    /// ```
+    /// use lb_core::{Backend, Pool};
+    /// let pool = Pool::new();
+    /// pool.add(Backend::new("a", "10.0.0.1:80".parse().unwrap())).unwrap();
+    /// assert_eq!(pool.with_snapshot(|s| s.len()), 1);
+    /// pool.add(Backend::new("b", "10.0.0.2:80".parse().unwrap())).unwrap();
+    /// assert_eq!(pool.with_snapshot(|s| s.len()), 2);
+    /// ```
+    #[inline]
+    pub fn with_snapshot<R>(&self, f: impl FnOnce(&Snapshot) -> R) -> R {
+        let (id, version) = (self.inner.id, self.inner.published.load(Ordering::Acquire));
+        SEEN.with(|seen| {
+            // A shared borrow: `f` may itself read snapshots (of this pool
+            // or others) and would then be served without caching.
+            if let Ok(seen) = seen.try_borrow() {
+                if let Some((_, snap)) = seen.iter().find(|(p, s)| *p == id && s.version == version)
+                {
+                    return f(snap);
+                }
+            }
+            let snap = self.inner.current.load_full();
+            if let Ok(mut seen) = seen.try_borrow_mut() {
+                seen.retain(|(p, _)| *p != id);
+                seen.truncate(SEEN_POOLS - 1);
+                seen.insert(0, (id, snap.clone()));
+            }
+            f(&snap)
+        })
     }
 
     /// Attach the preparer that builds scheduler tables for every snapshot
@@ -212,7 +275,9 @@ impl Pool {
             // previous one, if any, no longer follows the right backends.
             board.clear();
         }
+        let version = next.version;
         self.inner.current.store(Arc::new(next));
+        self.inner.published.store(version, Ordering::Release);
     }
 }
 

@@ -11,7 +11,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
 
 use lb_core::{BackendId, Member, Snapshot};
@@ -109,10 +109,32 @@ impl BuildHasher for IpHash {
     }
 }
 
+/// An address as a table key: equal as the `IpAddr`, hashed as one or two
+/// words (an IPv4 address with a tag bit, an IPv6 address's two halves).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IpKey(pub(crate) IpAddr);
+
+impl Hash for IpKey {
+    #[inline]
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        match self.0 {
+            IpAddr::V4(v4) => h.write_u64(u64::from(u32::from(v4)) | 1 << 32),
+            IpAddr::V6(v6) => {
+                let x = u128::from(v6);
+                h.write_u64(x as u64);
+                h.write_u64((x >> 64) as u64);
+            }
+        }
+    }
+}
+
+/// One shard's map.
+pub(crate) type IpMap<V> = HashMap<IpKey, V, IpHash>;
+
 /// One shard, on a cache line of its own.
 #[repr(align(64))]
 #[derive(Debug)]
-struct Shard<V>(Mutex<HashMap<IpAddr, V, IpHash>>);
+struct Shard<V>(Mutex<IpMap<V>>);
 
 /// A map from IP address to `V`, in shards.
 #[derive(Debug)]
@@ -134,10 +156,10 @@ impl<V> IpTable<V> {
 
     /// The locked shard that holds `key`.
     #[inline]
-    pub(crate) fn shard(&self, key: &IpAddr) -> MutexGuard<'_, HashMap<IpAddr, V, IpHash>> {
+    pub(crate) fn shard(&self, key: &IpAddr) -> MutexGuard<'_, IpMap<V>> {
         // The top bits pick the shard; hashbrown uses the low bits and the
         // top 7 for its own purposes, so shards still fill evenly.
-        let h = self.hash.hash_one(key);
+        let h = self.hash.hash_one(IpKey(*key));
         self.shards[(h >> 40) as usize % SHARDS].0.lock()
     }
 
@@ -207,7 +229,7 @@ mod tests {
         let t: IpTable<u32> = IpTable::with_capacity(64);
         for i in 0..4096u32 {
             let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0A00_0000 + i));
-            t.shard(&ip).insert(ip, i);
+            t.shard(&ip).insert(IpKey(ip), i);
         }
         assert_eq!(t.len(), 4096);
         for s in t.shards.iter() {
@@ -217,9 +239,9 @@ mod tests {
         // v4 and v4-mapped v6 stay distinct keys.
         let v4: IpAddr = "10.0.0.1".parse().unwrap();
         let v6: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        t.shard(&v6).insert(v6, 7);
-        assert_eq!(t.shard(&v4).get(&v4), Some(&1));
-        assert_eq!(t.shard(&v6).get(&v6), Some(&7));
+        t.shard(&v6).insert(IpKey(v6), 7);
+        assert_eq!(t.shard(&v4).get(&IpKey(v4)), Some(&1));
+        assert_eq!(t.shard(&v6).get(&IpKey(v6)), Some(&7));
     }
 
     #[test]

@@ -16,13 +16,12 @@
 //! "overloaded" looks for an *eligible* backend under half load, and
 //! entries expire exactly at lookup instead of by a garbage-collecting timer.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use lb_core::{BackendId, Change, Ctx, Member, Pick, Snapshot, Tables};
 
-use crate::keyed::{IpHash, IpTable, Placed};
+use crate::keyed::{IpKey, IpMap, IpTable, Placed};
 use crate::lc::{decided, least, lvs_overhead, prepare_index, wlc, wlc_cost};
 use crate::least::{LeastIndex, Rule};
 use crate::trace::{pick_via_select, why, Load, Trace};
@@ -58,7 +57,7 @@ fn dest_key<T: Trace>(name: &str, ctx: &Ctx<'_>, t: &mut T) -> Option<IpAddr> {
 /// Make room for a new key without growing: when the table is full, drop
 /// the entries that are expired anyway (unobservable: they count as absent).
 fn make_room<V>(
-    table: &mut HashMap<IpAddr, V, IpHash>,
+    table: &mut IpMap<V>,
     last_use: impl Fn(&V) -> Duration,
     now: Duration,
     expire: Duration,
@@ -157,7 +156,7 @@ impl LocalityLeastConn {
         let key = dest_key("lblc", ctx, t)?;
         let now = ctx.now();
         let mut table = self.table.shard(&key);
-        if let Some(en) = table.get_mut(&key) {
+        if let Some(en) = table.get_mut(&IpKey(key)) {
             if valid(now, en.last_use, self.expire) {
                 en.last_use = now;
                 match en.backend.find(snap) {
@@ -183,11 +182,11 @@ impl LocalityLeastConn {
             backend: Placed::of(snap, d),
             last_use: now,
         };
-        if let Some(en) = table.get_mut(&key) {
+        if let Some(en) = table.get_mut(&IpKey(key)) {
             *en = entry;
         } else {
             make_room(&mut table, |e| e.last_use, now, self.expire);
-            table.insert(key, entry);
+            table.insert(IpKey(key), entry);
         }
         Some(Pick::new(d))
     }
@@ -380,7 +379,7 @@ impl LocalityReplicated {
         let key = dest_key("lblcr", ctx, t)?;
         let now = ctx.now();
         let mut table = self.table.shard(&key);
-        match table.get_mut(&key) {
+        match table.get_mut(&IpKey(key)) {
             Some(en) if valid(now, en.last_use, self.expire) => self.hit(key, en, snap, ctx, t),
             found => {
                 match found {
@@ -389,7 +388,7 @@ impl LocalityReplicated {
                 }
                 let d = wlc(snap, ctx, t)?;
                 let placed = Placed::of(snap, d);
-                if let Some(en) = table.get_mut(&key) {
+                if let Some(en) = table.get_mut(&IpKey(key)) {
                     en.set.reset(placed);
                     (en.last_change, en.last_use) = (now, now);
                 } else {
@@ -400,7 +399,7 @@ impl LocalityReplicated {
                         last_change: now,
                         last_use: now,
                     };
-                    table.insert(key, en);
+                    table.insert(IpKey(key), en);
                 }
                 why!(t, "lblcr: new set {{{}}} for {key}", d.name());
                 Some(Pick::new(d))

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use lb_core::{BackendId, Change, Ctx, Health, Hold, Member, Outcome, Pick, Snapshot, Tables};
 
-use crate::keyed::{IpTable, Placed};
+use crate::keyed::{IpKey, IpTable, Placed};
 use crate::trace::{why, Explain, NoTrace, Trace};
 use crate::{BoxScheduler, Features, Scheduler};
 
@@ -210,7 +210,7 @@ impl Persist {
         let now = ctx.now();
         let mut templates = self.templates.shard(&key);
         let mut retry_only = false;
-        if let Some(tpl) = templates.get_mut(&key) {
+        if let Some(tpl) = templates.get_mut(&IpKey(key)) {
             match self.check(snap, tpl, now) {
                 Ok(m) if ctx.was_tried(m.id()) => {
                     why!(
@@ -234,7 +234,7 @@ impl Persist {
                 }
                 Err(reason) => {
                     why!(t, "persist: template {key} dropped: {reason}");
-                    templates.remove(&key);
+                    templates.remove(&IpKey(key));
                 }
             }
         } else {
@@ -261,7 +261,7 @@ impl Persist {
         }
         let hold = Hold::new();
         templates.insert(
-            key,
+            IpKey(key),
             Template {
                 backend: Placed::of(snap, m),
                 last_use: now,
