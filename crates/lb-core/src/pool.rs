@@ -431,3 +431,57 @@ impl Batch {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(i: usize) -> Backend {
+        Backend::new(format!("b{i}"), ([10, 0, 0, i as u8], 80).into())
+    }
+
+    #[test]
+    fn with_snapshot_sees_every_write_across_many_pools_and_nesting() {
+        let pools: Vec<Pool> = (0..SEEN_POOLS + 3).map(|_| Pool::new()).collect();
+        for round in 0..3 {
+            for (k, pool) in pools.iter().enumerate() {
+                pool.add(backend(round * 10 + k)).unwrap();
+                assert_eq!(pool.with_snapshot(|s| s.version()), pool.load().version());
+                // Nested: the inner read is served while the outer one holds
+                // the thread's cache, for this pool and for another.
+                let other = &pools[(k + 1) % pools.len()];
+                let (a, b) =
+                    pool.with_snapshot(|s| (s.len(), other.with_snapshot(|o| o.version())));
+                assert_eq!(a, round + 1);
+                assert_eq!(b, other.load().version());
+            }
+        }
+        let seen = SEEN.with(|s| s.borrow().len());
+        assert!(seen <= SEEN_POOLS, "the cache is bounded: {seen}");
+    }
+
+    #[test]
+    fn with_snapshot_on_other_threads_follows_writes() {
+        let pool = Pool::new();
+        pool.add(backend(1)).unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    let mut last = 0;
+                    while last < 50 {
+                        let v = pool.with_snapshot(|s| {
+                            assert_eq!(s.len(), 1);
+                            s.version()
+                        });
+                        assert!(v >= last, "versions never go back");
+                        last = v;
+                    }
+                });
+            }
+            for w in 0..60 {
+                let id = pool.load().members()[0].id();
+                pool.set_weight(id, w % 5).unwrap();
+            }
+        });
+    }
+}
