@@ -51,6 +51,7 @@ mod persist;
 mod registry;
 mod rng;
 mod rr;
+mod smooth;
 mod trace;
 mod twos;
 mod wrr;

@@ -39,6 +39,7 @@ enum Op {
     Health(usize, u8),
     /// Set a `max_conns` limit (0 removes it).
     MaxConns(usize, u64),
+    Backup(usize, bool),
     Add(u64),
     Remove(usize),
 }
@@ -58,6 +59,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..32, 0u8..3).prop_map(|(i, h)| Op::Health(i, h)),
         1 => (0usize..32, prop_oneof![2 => Just(0u64), 1 => 1u64..4])
             .prop_map(|(i, m)| Op::MaxConns(i, m)),
+        1 => (0usize..32, any::<bool>()).prop_map(|(i, b)| Op::Backup(i, b)),
         1 => (0u64..=4).prop_map(Op::Add),
         1 => (0usize..32).prop_map(Op::Remove),
     ]
@@ -65,6 +67,16 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn addr(i: usize) -> SocketAddr {
     SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], 80))
+}
+
+/// What an operation wrote to the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wrote {
+    Nothing,
+    /// A health change: nginx's `current`s survive it.
+    Health,
+    /// Any other change: they are reset to zero.
+    Reset,
 }
 
 /// A pool, its balancer, its open connections and the next backend number.
@@ -100,9 +112,8 @@ impl World {
         (!snap.is_empty()).then(|| snap.members()[i % snap.len()].id())
     }
 
-    /// Apply a non-pick operation. Returns whether it was a health change
-    /// that changed something (nginx's state survives those).
-    fn apply(&mut self, op: &Op) -> bool {
+    /// Apply a non-pick operation. Returns what it wrote to the pool.
+    fn apply(&mut self, op: &Op) -> Wrote {
         let snap = self.pool.load();
         let n = snap.len();
         match op {
@@ -123,6 +134,7 @@ impl World {
             Op::Weight(i, w) => {
                 if let Some(id) = self.id_at(*i) {
                     self.pool.set_weight(id, *w).unwrap();
+                    return Wrote::Reset;
                 }
             }
             Op::Health(i, h) => {
@@ -130,12 +142,21 @@ impl World {
                     let h = [Health::Up, Health::Down, Health::Draining][usize::from(*h)];
                     let before = self.pool.load().get(id).unwrap().health();
                     self.pool.set_health(id, h).unwrap();
-                    return before != h;
+                    if before != h {
+                        return Wrote::Health;
+                    }
                 }
             }
             Op::MaxConns(i, m) => {
                 if let Some(id) = self.id_at(*i) {
                     self.pool.set_max_conns(id, *m).unwrap();
+                    return Wrote::Reset;
+                }
+            }
+            Op::Backup(i, b) => {
+                if let Some(id) = self.id_at(*i) {
+                    self.pool.set_backup(id, *b).unwrap();
+                    return Wrote::Reset;
                 }
             }
             Op::Add(w) => {
@@ -144,15 +165,17 @@ impl World {
                 self.pool
                     .add(Backend::new(format!("b{i}"), addr(i)).with_weight(*w))
                     .unwrap();
+                return Wrote::Reset;
             }
             Op::Remove(i) => {
                 if let Some(id) = self.id_at(*i) {
                     self.pool.remove(id).unwrap();
+                    return Wrote::Reset;
                 }
             }
             _ => {}
         }
-        false
+        Wrote::Nothing
     }
 }
 
@@ -195,13 +218,57 @@ fn scan_least<'s>(
     best.map(|(m, ..)| m)
 }
 
-/// The oracle's choice for `sched`; `rr_last` is rr's cursor (the id of
-/// its previous pick), advanced here.
+/// State the stateful oracles keep between picks.
+#[derive(Default)]
+struct Memory {
+    /// rr's cursor: the id of its previous pick.
+    rr_last: Option<BackendId>,
+    /// nginx's `current` of each backend (absent: 0).
+    current: std::collections::HashMap<BackendId, i64>,
+}
+
+impl Memory {
+    fn wrote(&mut self, w: Wrote) {
+        if w == Wrote::Reset {
+            self.current.clear();
+        }
+    }
+
+    /// One smooth step over the usable members that `pass` admits: each
+    /// adds its weight to its `current`, the largest (first on ties) wins
+    /// and gives back the sum of the weights.
+    fn swrr<'s>(
+        &mut self,
+        snap: &'s Snapshot,
+        ctx: &Ctx<'_>,
+        pass: impl Fn(&Member) -> bool,
+    ) -> Option<&'s Member> {
+        let cands: Vec<&Member> = snap
+            .members()
+            .iter()
+            .filter(|m| pass(m) && ctx.usable(m))
+            .collect();
+        let total: i64 = cands.iter().map(|m| i64::from(m.weight())).sum();
+        let mut best: Option<(&Member, i64)> = None;
+        for m in cands {
+            let c = self.current.entry(m.id()).or_insert(0);
+            *c += i64::from(m.weight());
+            if best.is_none_or(|(_, bc)| *c > bc) {
+                best = Some((m, *c));
+            }
+        }
+        let (m, _) = best?;
+        *self.current.get_mut(&m.id()).unwrap() -= total;
+        Some(m)
+    }
+}
+
+/// The oracle's choice for `sched`, advancing its memory.
 fn oracle<'s>(
     sched: &str,
     snap: &'s Snapshot,
     ctx: &Ctx<'_>,
-    rr_last: &mut Option<BackendId>,
+    mem: &mut Memory,
 ) -> Option<&'s Member> {
     let lvs = |m: &Member| 256 * u64::from(m.active()) + u64::from(m.inactive());
     let sed = |m: &Member| (u64::from(m.active()) + 1, u64::from(m.weight()));
@@ -216,16 +283,21 @@ fn oracle<'s>(
             .or_else(|| scan_least(snap, ctx, sed)),
         "rr" => {
             let members = snap.members();
-            let start = rr_last.map_or(0, |id| members.iter().take_while(|m| m.id() <= id).count());
+            let start = mem
+                .rr_last
+                .map_or(0, |id| members.iter().take_while(|m| m.id() <= id).count());
             let n = members.len();
             let m = (0..n)
                 .map(|k| &members[(start + k) % n])
                 .find(|m| ctx.usable(m));
             if let Some(m) = m {
-                *rr_last = Some(m.id());
+                mem.rr_last = Some(m.id());
             }
             m
         }
+        "wrr" => mem
+            .swrr(snap, ctx, |m| !m.is_backup())
+            .or_else(|| mem.swrr(snap, ctx, |m| m.is_backup())),
         _ => unreachable!("no independent oracle for {sched}"),
     }
 }
@@ -233,24 +305,25 @@ fn oracle<'s>(
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
-    /// rr, lc, wlc, sed and nq decide exactly as the scans written above.
+    /// rr, wrr, lc, wlc, sed and nq decide exactly as the scans written
+    /// above.
     #[test]
     fn fast_picks_match_the_independent_scan(
         weights in prop::collection::vec(0u64..=5, 0..12),
         ops in prop::collection::vec(op(), 1..120),
     ) {
-        for sched in ["rr", "lc", "wlc", "sed", "nq"] {
+        for sched in ["rr", "wrr", "lc", "wlc", "sed", "nq"] {
             let mut w = World::new(sched, &weights);
-            let mut rr_last = None;
+            let mut mem = Memory::default();
             for (step, op) in ops.iter().enumerate() {
                 let Op::Pick { c, d, tried } = op else {
-                    w.apply(op);
+                    mem.wrote(w.apply(op));
                     continue;
                 };
                 let snap = w.pool.load();
                 let (client, dest, tried) = ctx_parts(&snap, *c, *d, tried);
                 let ctx = Ctx::at(client, Duration::ZERO).with_dest(dest).with_tried(&tried);
-                let want = oracle(sched, &snap, &ctx, &mut rr_last).map(|m| m.name().to_owned());
+                let want = oracle(sched, &snap, &ctx, &mut mem).map(|m| m.name().to_owned());
                 let pick = w.lb.scheduler().pick(&snap, &ctx);
                 let got = pick.as_ref().map(|p| p.member().name().to_owned());
                 prop_assert_eq!(&got, &want, "{} at step {}: {:?}", sched, step, op);
@@ -316,18 +389,18 @@ impl Mix {
 /// checked against the independent scan.
 #[test]
 fn large_pools_match_the_independent_scan() {
-    for sched in ["lc", "wlc", "sed", "nq", "rr"] {
+    for sched in ["lc", "wlc", "sed", "nq", "rr", "wrr"] {
         let mut rng = Mix(7);
         let weights: Vec<u64> = (0..300).map(|_| rng.next(6)).collect();
         let mut w = World::new(sched, &weights);
-        let mut rr_last = None;
+        let mut mem = Memory::default();
         for step in 0..6000 {
             let op = match rng.next(20) {
                 0..=7 => {
                     let snap = w.pool.load();
                     let (client, dest, _) = ctx_parts(&snap, rng.next(6) as u8, 0, &[]);
                     let ctx = Ctx::at(client, Duration::ZERO).with_dest(dest);
-                    let want = oracle(sched, &snap, &ctx, &mut rr_last).map(Member::id);
+                    let want = oracle(sched, &snap, &ctx, &mut mem).map(Member::id);
                     let pick = w.lb.scheduler().pick(&snap, &ctx);
                     assert_eq!(
                         pick.as_ref().map(|p| p.member().id()),
@@ -346,7 +419,7 @@ fn large_pools_match_the_independent_scan() {
                 18 => Op::Weight(rng.next(400) as usize, rng.next(6)),
                 _ => Op::Health(rng.next(400) as usize, rng.next(3) as u8),
             };
-            w.apply(&op);
+            mem.wrote(w.apply(&op));
         }
     }
 }
@@ -411,7 +484,7 @@ fn concurrent_changes_leave_the_index_exact() {
             .scheduler()
             .explain(&snap, &ctx, &mut Explain::new())
             .map(|p| p.member().id());
-        let want = oracle(sched, &snap, &ctx, &mut None).map(Member::id);
+        let want = oracle(sched, &snap, &ctx, &mut Memory::default()).map(Member::id);
         assert_eq!(
             fast, scan,
             "{sched}: index and scan disagree after concurrent changes"
