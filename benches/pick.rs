@@ -171,6 +171,33 @@ fn bench_persist(c: &mut Criterion<Clock>) {
     g.finish();
 }
 
+/// wrr at 10,000 backends after a health change that kept the `current`s
+/// mid-sequence: weight classes left out of their cursor form are served
+/// by their trees, O(log n) per pick instead of O(1).
+fn bench_wrr_after_health(c: &mut Criterion<Clock>) {
+    let mut g = c.benchmark_group("pick");
+    let cell = OnceCell::new();
+    g.bench_function(BenchmarkId::new("wrr_after_health", 10_000), |b| {
+        let f = cell.get_or_init(|| {
+            let f = fixture("wrr", 10_000);
+            for i in 0..12_345 {
+                f.pick(i);
+            }
+            let pool = f.lb.pool();
+            let id = pool.load().members()[77].id();
+            pool.set_health(id, lb_core::Health::Down)
+                .expect("known backend");
+            f
+        });
+        let mut i = 0usize;
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(f.pick(i))
+        })
+    });
+    g.finish();
+}
+
 /// lblc and lblcr at 10,000 backends with 100,000 destinations in their
 /// tables: every measured pick is a table hit on a table far larger than
 /// the CPU's first caches.
@@ -320,6 +347,6 @@ fn config() -> Criterion<Clock> {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_overhead, bench_single, bench_persist, bench_locality, bench_open_close, bench_rebuild, bench_two_threads
+    targets = bench_overhead, bench_single, bench_persist, bench_wrr_after_health, bench_locality, bench_open_close, bench_rebuild, bench_two_threads
 }
 criterion_main!(benches);
