@@ -2,15 +2,22 @@
 //! single-threaded and with two threads picking at once.
 //!
 //! `cargo bench --bench pick` (all), or e.g. `cargo bench --bench pick -- wlc/`
-//! for one scheduler. `LB_BENCH_QUICK=1` shortens the runs.
+//! for one scheduler. `LB_BENCH_QUICK=1` shortens the runs;
+//! `LB_BENCH_CLOCK=thread` measures thread CPU time instead of wall time
+//! (steadier on a shared machine; see `support/clock.rs`).
 
+use std::cell::OnceCell;
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use lb_core::{Backend, ConnGuard, Ctx, Pool};
-use lb_sched::Balancer;
+use lb_core::{Backend, Change, ConnGuard, Ctx, Pool};
+use lb_sched::{Balancer, Persist};
+
+#[path = "support/clock.rs"]
+mod clock;
+use clock::Clock;
 
 const SIZES: [usize; 3] = [3, 100, 10_000];
 /// Distinct clients, destinations and keys cycled through by the picks.
@@ -26,11 +33,15 @@ struct Fixture {
 
 fn fixture(sched: &str, n: usize) -> Fixture {
     let pool = Pool::new();
-    for i in 0..n {
-        let addr = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 80));
-        pool.add(Backend::new(format!("b{i}"), addr).with_weight(1 + (i % 4) as u64))
-            .expect("valid backend");
-    }
+    // One batch: one snapshot, instead of n writes each copying the pool.
+    pool.batch(|b| {
+        for i in 0..n {
+            let addr = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 80));
+            b.add(Backend::new(format!("b{i}"), addr).with_weight(1 + (i % 4) as u64))?;
+        }
+        Ok(())
+    })
+    .expect("valid backends");
     // Some standing load so least-connection schedulers compare real numbers.
     let mut load = Vec::new();
     for (i, m) in pool.load().members().iter().enumerate() {
@@ -60,14 +71,17 @@ fn fixture(sched: &str, n: usize) -> Fixture {
 }
 
 impl Fixture {
+    /// One pick as `Balancer::connect` makes it, without the connection:
+    /// the snapshot through `Pool::with_snapshot`, then the scheduler.
     #[inline]
     fn pick(&self, i: usize) -> bool {
         let k = i % CLIENTS;
-        let snap = self.lb.pool().load();
         let ctx = Ctx::at(self.clients[k], Duration::from_secs(1))
             .with_dest(self.dests[k])
             .with_key(self.keys[k].as_bytes());
-        self.lb.scheduler().pick(&snap, &ctx).is_some()
+        self.lb
+            .pool()
+            .with_snapshot(|snap| self.lb.scheduler().pick(snap, &ctx).is_some())
     }
 }
 
@@ -75,12 +89,14 @@ fn quick() -> bool {
     std::env::var_os("LB_BENCH_QUICK").is_some()
 }
 
-fn bench_single(c: &mut Criterion) {
+fn bench_single(c: &mut Criterion<Clock>) {
     let mut g = c.benchmark_group("pick");
     for name in lb_sched::NAMES {
         for n in SIZES {
-            let f = fixture(name, n);
-            g.bench_with_input(BenchmarkId::new(*name, n), &f, |b, f| {
+            // Built on first use: criterion runs only the benchmarks the filter selects.
+            let cell = OnceCell::new();
+            g.bench_function(BenchmarkId::new(*name, n), |b| {
+                let f = cell.get_or_init(|| fixture(name, n));
                 let mut i = 0usize;
                 b.iter(|| {
                     i = i.wrapping_add(1);
@@ -92,25 +108,149 @@ fn bench_single(c: &mut Criterion) {
     g.finish();
 }
 
-fn bench_two_threads(c: &mut Criterion) {
-    let mut g = c.benchmark_group("pick_2threads");
-    for name in lb_sched::NAMES {
+/// What every pick above pays before the scheduler runs: reaching the
+/// snapshot (`with_snapshot`, as the picks do, or a plain `load`) and
+/// building the `Ctx`. Subtract it to see a scheduler's own cost.
+fn bench_overhead(c: &mut Criterion<Clock>) {
+    let mut g = c.benchmark_group("overhead");
+    let cell = OnceCell::new();
+    g.bench_function("with_snapshot+ctx", |b| {
+        let f = cell.get_or_init(|| fixture("rr", 3));
+        let mut i = 0usize;
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let k = i % CLIENTS;
+            let ctx = Ctx::at(f.clients[k], Duration::from_secs(1))
+                .with_dest(f.dests[k])
+                .with_key(f.keys[k].as_bytes());
+            f.lb.pool()
+                .with_snapshot(|snap| black_box((snap, &ctx)).0.len())
+        })
+    });
+    g.bench_function("load+ctx", |b| {
+        let f = cell.get_or_init(|| fixture("rr", 3));
+        let mut i = 0usize;
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let k = i % CLIENTS;
+            let snap = f.lb.pool().load();
+            let ctx = Ctx::at(f.clients[k], Duration::from_secs(1))
+                .with_dest(f.dests[k])
+                .with_key(f.keys[k].as_bytes());
+            black_box((&*snap, &ctx));
+        })
+    });
+    g.finish();
+}
+
+/// Persistence around rr: every client has a template after its first pick,
+/// so the measured picks are template hits.
+fn bench_persist(c: &mut Criterion<Clock>) {
+    let mut g = c.benchmark_group("pick");
+    for n in SIZES {
+        let cell = OnceCell::new();
+        g.bench_function(BenchmarkId::new("persist", n), |b| {
+            let f = cell.get_or_init(|| {
+                let f = fixture("rr", n);
+                let sched =
+                    Persist::new(lb_sched::build("rr").expect("rr"), Duration::from_secs(300));
+                let lb = Balancer::new(f.lb.pool().clone(), Box::new(sched));
+                let f = Fixture { lb, ..f };
+                for i in 0..CLIENTS {
+                    f.pick(i);
+                }
+                f
+            });
+            let mut i = 0usize;
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                black_box(f.pick(i))
+            })
+        });
+    }
+    g.finish();
+}
+
+/// wrr at 10,000 backends after a health change that kept the `current`s
+/// mid-sequence: weight classes left out of their cursor form are served
+/// by their trees, O(log n) per pick instead of O(1).
+fn bench_wrr_after_health(c: &mut Criterion<Clock>) {
+    let mut g = c.benchmark_group("pick");
+    let cell = OnceCell::new();
+    g.bench_function(BenchmarkId::new("wrr_after_health", 10_000), |b| {
+        let f = cell.get_or_init(|| {
+            let f = fixture("wrr", 10_000);
+            for i in 0..12_345 {
+                f.pick(i);
+            }
+            let pool = f.lb.pool();
+            let id = pool.load().members()[77].id();
+            pool.set_health(id, lb_core::Health::Down)
+                .expect("known backend");
+            f
+        });
+        let mut i = 0usize;
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(f.pick(i))
+        })
+    });
+    g.finish();
+}
+
+/// lblc and lblcr at 10,000 backends with 100,000 destinations in their
+/// tables: every measured pick is a table hit on a table far larger than
+/// the CPU's first caches.
+fn bench_locality(c: &mut Criterion<Clock>) {
+    const DESTS: usize = 100_000;
+    // Computed, not read from a table: a real pick has its destination at hand.
+    let dest =
+        |i: usize| SocketAddr::from(([172, 16 + (i >> 16) as u8, (i >> 8) as u8, i as u8], 80));
+    let mut g = c.benchmark_group("pick_100k_dests");
+    for name in ["lblc", "lblcr"] {
+        let cell = OnceCell::new();
+        g.bench_function(BenchmarkId::new(name, 10_000), |b| {
+            let f = cell.get_or_init(|| {
+                let f = fixture(name, 10_000);
+                let snap = f.lb.pool().load();
+                for i in 0..DESTS {
+                    let ctx = Ctx::at(f.clients[0], Duration::from_secs(1)).with_dest(dest(i));
+                    f.lb.scheduler().pick(&snap, &ctx);
+                }
+                f
+            });
+            // A stride through the destinations, so consecutive picks do
+            // not share cache lines.
+            let mut i = 0usize;
+            b.iter(|| {
+                i = (i + 7919) % DESTS;
+                let ctx =
+                    Ctx::at(f.clients[i % CLIENTS], Duration::from_secs(1)).with_dest(dest(i));
+                let sched = f.lb.scheduler();
+                black_box(f.lb.pool().with_snapshot(|s| sched.pick(s, &ctx).is_some()))
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Opening and closing one connection on a backend (the counter updates the
+/// least-connection schedulers read), with each scheduler attached.
+fn bench_open_close(c: &mut Criterion<Clock>) {
+    let mut g = c.benchmark_group("open_close");
+    for name in ["rr", "wlc"] {
         for n in SIZES {
-            let f = fixture(name, n);
-            g.bench_with_input(BenchmarkId::new(*name, n), &f, |b, f| {
-                // Time per pick as each of two threads sees it while both pick.
-                b.iter_custom(|iters| {
-                    let start = Instant::now();
-                    std::thread::scope(|s| {
-                        for t in 0..2usize {
-                            s.spawn(move || {
-                                for i in 0..iters as usize {
-                                    black_box(f.pick(i.wrapping_mul(2).wrapping_add(t)));
-                                }
-                            });
-                        }
-                    });
-                    start.elapsed()
+            let cell = OnceCell::new();
+            g.bench_function(BenchmarkId::new(name, n), |b| {
+                let f = cell.get_or_init(|| fixture(name, n));
+                let snap = f.lb.pool().load();
+                let members = snap.members();
+                let mut i = 0usize;
+                b.iter(|| {
+                    i = (i + 7) % members.len();
+                    let mut g = members[i].connect();
+                    g.idle();
+                    drop(black_box(g));
                 })
             });
         }
@@ -118,8 +258,81 @@ fn bench_two_threads(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    let c = Criterion::default().configure_from_args();
+/// A pool write at 10,000 backends: the whole write (copy of the member
+/// list, the scheduler's `prepare`, publication), and `prepare` alone.
+fn bench_rebuild(c: &mut Criterion<Clock>) {
+    let mut g = c.benchmark_group("rebuild");
+    let n = 10_000;
+    for name in ["rr", "wrr", "wlc", "sh", "dh", "mh"] {
+        let cell = OnceCell::new();
+        g.bench_function(BenchmarkId::new(format!("{name}/write"), n), |b| {
+            let f = cell.get_or_init(|| fixture(name, n));
+            let pool = f.lb.pool();
+            let id = pool.load().members()[n / 2].id();
+            let mut w = 1;
+            b.iter(|| {
+                w = w % 4 + 1;
+                pool.set_weight(id, w).expect("valid weight");
+            })
+        });
+        g.bench_function(BenchmarkId::new(format!("{name}/prepare"), n), |b| {
+            let f = cell.get_or_init(|| fixture(name, n));
+            let snap = f.lb.pool().snapshot();
+            let id = snap.members()[n / 2].id();
+            b.iter(|| {
+                black_box(
+                    f.lb.scheduler()
+                        .prepare(&snap, Some(&snap), Change::Weight(id)),
+                );
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_two_threads(c: &mut Criterion<Clock>) {
+    let mut g = c.benchmark_group("pick_2threads");
+    for name in lb_sched::NAMES {
+        for n in SIZES {
+            let cell = OnceCell::new();
+            g.bench_function(BenchmarkId::new(*name, n), |b| {
+                let f: &Fixture = cell.get_or_init(|| fixture(name, n));
+                // Time per pick as each of two threads sees it while both pick.
+                // Each thread times its own picks; the slower one counts.
+                b.iter_custom(|iters| {
+                    let clock = Clock::from_env();
+                    std::thread::scope(|s| {
+                        let threads: Vec<_> = (0..2usize)
+                            .map(|t| {
+                                let clock = &clock;
+                                s.spawn(move || {
+                                    let start = clock.now();
+                                    for i in 0..iters as usize {
+                                        black_box(f.pick(i.wrapping_mul(2).wrapping_add(t)));
+                                    }
+                                    start.elapsed()
+                                })
+                            })
+                            .collect();
+                        threads
+                            .into_iter()
+                            .map(|h| h.join().expect("bench thread"))
+                            .max()
+                            .unwrap_or_default()
+                    })
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn config() -> Criterion<Clock> {
+    let clock = Clock::from_env();
+    eprintln!("measuring {}", clock.name());
+    let c = Criterion::default()
+        .with_measurement(clock)
+        .configure_from_args();
     if quick() {
         c.warm_up_time(Duration::from_millis(200))
             .measurement_time(Duration::from_millis(500))
@@ -134,6 +347,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_single, bench_two_threads
+    targets = bench_overhead, bench_single, bench_persist, bench_wrr_after_health, bench_locality, bench_open_close, bench_rebuild, bench_two_threads
 }
 criterion_main!(benches);

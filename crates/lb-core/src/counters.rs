@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::watch::Board;
+
 const ONE_ACTIVE: u64 = 1 << 32;
 const ONE_INACTIVE: u64 = 1;
 const LOW: u64 = 0xFFFF_FFFF;
@@ -15,9 +17,19 @@ const LOW: u64 = 0xFFFF_FFFF;
 /// snapshot: they survive weight changes, health changes and snapshot swaps,
 /// and a connection opened before its backend was removed still closes into
 /// them.
+///
+/// The counters of a pool's backend tell the pool's
+/// [`LoadWatch`](crate::LoadWatch), if one is installed, about every change
+/// of `active` and `inactive`.
 #[derive(Debug, Default)]
 pub struct Counters {
     conns: AtomicU64,
+    /// The pool's watch board (none for counters made outside a pool).
+    board: Option<Arc<Board>>,
+    /// The board generation and position under which the watch follows
+    /// these counters; read and written only under the board's lock.
+    watch_generation: AtomicU64,
+    watch_pos: AtomicU64,
     total: AtomicU64,
     failures: AtomicU64,
     successes: AtomicU64,
@@ -30,6 +42,36 @@ impl Counters {
     /// Fresh counters, all zero.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// Counters of a pool's backend, reporting to the pool's watch board.
+    pub(crate) fn in_pool(board: Arc<Board>) -> Arc<Self> {
+        Arc::new(Counters {
+            board: Some(board),
+            ..Self::default()
+        })
+    }
+
+    /// Record that the watch of `generation` follows these counters at
+    /// `pos`. Under the board's lock.
+    pub(crate) fn set_watch_position(&self, generation: u64, pos: usize) {
+        self.watch_generation.store(generation, Ordering::Relaxed);
+        self.watch_pos.store(pos as u64, Ordering::Relaxed);
+    }
+
+    /// The position under which the watch of `generation` follows these
+    /// counters, if it does. Under the board's lock.
+    pub(crate) fn watch_position(&self, generation: u64) -> Option<usize> {
+        (self.watch_generation.load(Ordering::Relaxed) == generation)
+            .then(|| self.watch_pos.load(Ordering::Relaxed) as usize)
+    }
+
+    /// Tell the pool's watch, if any, that the connection counts changed.
+    #[inline]
+    fn changed(&self) {
+        if let Some(b) = &self.board {
+            b.notify(self);
+        }
     }
 
     /// Connections that are established and working (LVS `ActiveConn`).
@@ -124,8 +166,11 @@ impl Counters {
 
     #[inline]
     pub(crate) fn open_active(&self) {
-        self.conns.fetch_add(ONE_ACTIVE, Ordering::AcqRel);
+        // SeqCst (the same instruction as AcqRel on x86): a load watch
+        // being installed either sees this change or is told about it.
+        self.conns.fetch_add(ONE_ACTIVE, Ordering::SeqCst);
         self.total.fetch_add(1, Ordering::Relaxed);
+        self.changed();
     }
 
     /// Open a connection only if fewer than `limit` are open (0 = no limit).
@@ -137,13 +182,14 @@ impl Counters {
         }
         let ok = self
             .conns
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            .fetch_update(Ordering::SeqCst, Ordering::Acquire, |v| {
                 let open = (v >> 32) + (v & LOW);
                 (open < u64::from(limit)).then_some(v + ONE_ACTIVE)
             })
             .is_ok();
         if ok {
             self.total.fetch_add(1, Ordering::Relaxed);
+            self.changed();
         }
         ok
     }
@@ -152,23 +198,27 @@ impl Counters {
     pub(crate) fn active_to_inactive(&self) {
         // One atomic step: -1 active, +1 inactive (no borrow: active >= 1).
         self.conns
-            .fetch_sub(ONE_ACTIVE - ONE_INACTIVE, Ordering::AcqRel);
+            .fetch_sub(ONE_ACTIVE - ONE_INACTIVE, Ordering::SeqCst);
+        self.changed();
     }
 
     #[inline]
     pub(crate) fn inactive_to_active(&self) {
         self.conns
-            .fetch_add(ONE_ACTIVE - ONE_INACTIVE, Ordering::AcqRel);
+            .fetch_add(ONE_ACTIVE - ONE_INACTIVE, Ordering::SeqCst);
+        self.changed();
     }
 
     #[inline]
     pub(crate) fn close_active(&self) {
-        self.conns.fetch_sub(ONE_ACTIVE, Ordering::AcqRel);
+        self.conns.fetch_sub(ONE_ACTIVE, Ordering::SeqCst);
+        self.changed();
     }
 
     #[inline]
     pub(crate) fn close_inactive(&self) {
-        self.conns.fetch_sub(ONE_INACTIVE, Ordering::AcqRel);
+        self.conns.fetch_sub(ONE_INACTIVE, Ordering::SeqCst);
+        self.changed();
     }
 }
 

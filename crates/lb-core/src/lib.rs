@@ -6,7 +6,8 @@
 //! [`Counters`] of each backend (active and inactive connections, outcomes,
 //! latency) that survive every snapshot swap, the [`Ctx`] a scheduler reads
 //! (client, destination, hash key, clock, tried set), the RAII [`ConnGuard`]
-//! that keeps the counters right, and the error types.
+//! that keeps the counters right, the [`LoadWatch`] through which the
+//! counters keep a scheduler's index of loads current, and the error types.
 //!
 //! Readers never lock: a pick loads the current snapshot with one atomic
 //! read. Writes are rare and may be slow; each one builds the next snapshot
@@ -46,6 +47,7 @@ mod guard;
 mod outcome;
 mod pool;
 mod snapshot;
+mod watch;
 
 pub use backend::{Backend, BackendId, Health, Member, MAX_CONNS, MAX_WEIGHT};
 pub use counters::Counters;
@@ -55,3 +57,4 @@ pub use guard::{ConnGuard, ConnState, Hold, Pick};
 pub use outcome::{FanOut, IgnoreOutcomes, Observer, Outcome};
 pub use pool::{Batch, Pool, SnapshotRef};
 pub use snapshot::{Change, Prepare, Snapshot, Tables};
+pub use watch::LoadWatch;

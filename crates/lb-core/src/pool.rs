@@ -1,6 +1,8 @@
 //! The pool: rare writes that publish immutable snapshots.
 
+use std::cell::RefCell;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -10,6 +12,7 @@ use crate::backend::{Backend, BackendId, Health, Member, MAX_CONNS, MAX_WEIGHT};
 use crate::counters::Counters;
 use crate::error::PoolError;
 use crate::snapshot::{Change, Prepare, Snapshot};
+use crate::watch::Board;
 
 /// A cheap handle to a loaded snapshot, held only for the duration of a pick.
 pub type SnapshotRef = arc_swap::Guard<Arc<Snapshot>>;
@@ -39,8 +42,14 @@ pub struct Pool {
 }
 
 struct Inner {
+    /// Unique among the pools of the process (for the per-thread cache).
+    id: u64,
+    /// The version of `current`, stored after it (for the per-thread cache).
+    published: AtomicU64,
     current: ArcSwap<Snapshot>,
     writer: Mutex<Writer>,
+    /// The load watch the backends' counters report to.
+    board: Arc<Board>,
 }
 
 struct Writer {
@@ -58,6 +67,18 @@ impl fmt::Debug for Pool {
     }
 }
 
+/// The source of pool ids.
+static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(0);
+
+/// How many pools' snapshots a thread keeps for [`Pool::with_snapshot`].
+const SEEN_POOLS: usize = 4;
+
+thread_local! {
+    /// The snapshot this thread last read of each of the last few pools it
+    /// used, most recent first: `(pool id, snapshot)`.
+    static SEEN: RefCell<Vec<(u64, Arc<Snapshot>)>> = const { RefCell::new(Vec::new()) };
+}
+
 impl Default for Pool {
     fn default() -> Self {
         Self::new()
@@ -69,6 +90,8 @@ impl Pool {
     pub fn new() -> Self {
         Pool {
             inner: Arc::new(Inner {
+                id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+                published: AtomicU64::new(0),
                 current: ArcSwap::from_pointee(Snapshot::empty()),
                 writer: Mutex::new(Writer {
                     next_id: 0,
@@ -76,6 +99,7 @@ impl Pool {
                     overrides: Vec::new(),
                     preparer: None,
                 }),
+                board: Arc::new(Board::default()),
             }),
         }
     }
@@ -90,6 +114,49 @@ impl Pool {
     /// The current snapshot as an owned `Arc`, to keep.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.inner.current.load_full()
+    }
+
+    /// Run `f` on the current snapshot: the same snapshot as
+    /// [`load`](Self::load), for less on the pick path.
+    ///
+    /// Each thread keeps the snapshot it last read of each of the last few
+    /// pools it used; while the pool has not changed, reaching it costs one
+    /// atomic read of the pool's version and no atomic write at all (a
+    /// `load` pays for two read-modify-writes to protect the snapshot). When
+    /// the pool has changed, the new snapshot replaces the kept one.
+    ///
+    /// The cost: a thread holds on to the last snapshot it read of up to
+    /// four pools (and so to their tables) until it reads a newer one, uses
+    /// other pools, or exits.
+    ///
+    /// ```
+    /// use lb_core::{Backend, Pool};
+    /// let pool = Pool::new();
+    /// pool.add(Backend::new("a", "10.0.0.1:80".parse().unwrap())).unwrap();
+    /// assert_eq!(pool.with_snapshot(|s| s.len()), 1);
+    /// pool.add(Backend::new("b", "10.0.0.2:80".parse().unwrap())).unwrap();
+    /// assert_eq!(pool.with_snapshot(|s| s.len()), 2);
+    /// ```
+    #[inline]
+    pub fn with_snapshot<R>(&self, f: impl FnOnce(&Snapshot) -> R) -> R {
+        let (id, version) = (self.inner.id, self.inner.published.load(Ordering::Acquire));
+        SEEN.with(|seen| {
+            // A shared borrow: `f` may itself read snapshots (of this pool
+            // or others) and would then be served without caching.
+            if let Ok(seen) = seen.try_borrow() {
+                if let Some((_, snap)) = seen.iter().find(|(p, s)| *p == id && s.version == version)
+                {
+                    return f(snap);
+                }
+            }
+            let snap = self.inner.current.load_full();
+            if let Ok(mut seen) = seen.try_borrow_mut() {
+                seen.retain(|(p, _)| *p != id);
+                seen.truncate(SEEN_POOLS - 1);
+                seen.insert(0, (id, snap.clone()));
+            }
+            f(&snap)
+        })
     }
 
     /// Attach the preparer that builds scheduler tables for every snapshot
@@ -171,6 +238,7 @@ impl Pool {
             next_id: w.next_id,
             overrides: w.overrides.clone(),
             changes: Vec::new(),
+            board: self.inner.board.clone(),
         };
         let out = f(&mut batch)?;
         if batch.changes.is_empty() {
@@ -202,12 +270,22 @@ impl Pool {
             version: w.version,
             members,
             tables: None,
+            board: Some(self.inner.board.clone()),
         };
+        let board = &self.inner.board;
+        let generation = board.generation();
         if let Some(p) = &w.preparer {
             let prev_ref = if attach { None } else { Some(&*prev) };
             next.tables = p.prepare(&next, prev_ref, change);
         }
+        if board.generation() == generation {
+            // The preparer installed no load watch for `next`: the
+            // previous one, if any, no longer follows the right backends.
+            board.clear();
+        }
+        let version = next.version;
         self.inner.current.store(Arc::new(next));
+        self.inner.published.store(version, Ordering::Release);
     }
 }
 
@@ -218,6 +296,7 @@ pub struct Batch {
     next_id: u32,
     overrides: Vec<(BackendId, u32)>,
     changes: Vec<Change>,
+    board: Arc<Board>,
 }
 
 fn check_weight(name: &str, weight: u64) -> Result<u32, PoolError> {
@@ -275,7 +354,7 @@ impl Batch {
             health: b.health,
             backup: b.backup,
             max_conns: b.max_conns as u32,
-            counters: Counters::new(),
+            counters: Counters::in_pool(self.board.clone()),
         });
         self.changes.push(Change::Added(id));
         Ok(id)
@@ -377,7 +456,7 @@ mod tests {
         }
     }
 
-    fn backend(name: &str) -> Backend {
+    fn named(name: &str) -> Backend {
         Backend::new(name, "10.0.0.1:80".parse().unwrap())
     }
 
@@ -387,7 +466,7 @@ mod tests {
         let rec = Arc::new(Record::default());
         pool.attach(rec.clone());
         let (a, b) = pool
-            .batch(|t| Ok((t.add(backend("a"))?, t.add(backend("b"))?)))
+            .batch(|t| Ok((t.add(named("a"))?, t.add(named("b"))?)))
             .unwrap();
         pool.batch(|t| {
             t.set_health(a, Health::Down)?;
@@ -423,7 +502,7 @@ mod tests {
     #[test]
     fn effective_weight_overrides_and_clears() {
         let pool = Pool::new();
-        let a = pool.add(backend("a").with_weight(8)).unwrap();
+        let a = pool.add(named("a").with_weight(8)).unwrap();
         pool.set_effective_weight(a, Some(2)).unwrap();
         assert_eq!(
             (
@@ -448,12 +527,12 @@ mod tests {
     #[test]
     fn writes_to_unknown_backends_and_duplicate_names_are_refused() {
         let pool = Pool::new();
-        let a = pool.add(backend("a")).unwrap();
+        let a = pool.add(named("a")).unwrap();
         assert_eq!(
-            pool.add(backend("a")).unwrap_err(),
+            pool.add(named("a")).unwrap_err(),
             PoolError::DuplicateName("a".into())
         );
-        assert_eq!(pool.add(backend("")).unwrap_err(), PoolError::EmptyName);
+        assert_eq!(pool.add(named("")).unwrap_err(), PoolError::EmptyName);
         pool.remove(a).unwrap();
         assert_eq!(
             pool.set_weight(a, 1).unwrap_err(),
@@ -461,11 +540,60 @@ mod tests {
         );
         assert!(pool.remove(a).is_err());
         let v = pool.load().version();
-        assert!(pool.add(backend("b").with_max_conns(1 << 20)).is_err());
+        assert!(pool.add(named("b").with_max_conns(1 << 20)).is_err());
         assert_eq!(
             pool.load().version(),
             v,
             "a refused write publishes nothing"
         );
+    }
+
+    fn backend(i: usize) -> Backend {
+        Backend::new(format!("b{i}"), ([10, 0, 0, i as u8], 80).into())
+    }
+
+    #[test]
+    fn with_snapshot_sees_every_write_across_many_pools_and_nesting() {
+        let pools: Vec<Pool> = (0..SEEN_POOLS + 3).map(|_| Pool::new()).collect();
+        for round in 0..3 {
+            for (k, pool) in pools.iter().enumerate() {
+                pool.add(backend(round * 10 + k)).unwrap();
+                assert_eq!(pool.with_snapshot(|s| s.version()), pool.load().version());
+                // Nested: the inner read is served while the outer one holds
+                // the thread's cache, for this pool and for another.
+                let other = &pools[(k + 1) % pools.len()];
+                let (a, b) =
+                    pool.with_snapshot(|s| (s.len(), other.with_snapshot(|o| o.version())));
+                assert_eq!(a, round + 1);
+                assert_eq!(b, other.load().version());
+            }
+        }
+        let seen = SEEN.with(|s| s.borrow().len());
+        assert!(seen <= SEEN_POOLS, "the cache is bounded: {seen}");
+    }
+
+    #[test]
+    fn with_snapshot_on_other_threads_follows_writes() {
+        let pool = Pool::new();
+        pool.add(backend(1)).unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    let mut last = 0;
+                    while last < 50 {
+                        let v = pool.with_snapshot(|s| {
+                            assert_eq!(s.len(), 1);
+                            s.version()
+                        });
+                        assert!(v >= last, "versions never go back");
+                        last = v;
+                    }
+                });
+            }
+            for w in 0..60 {
+                let id = pool.load().members()[0].id();
+                pool.set_weight(id, w % 5).unwrap();
+            }
+        });
     }
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::backend::{BackendId, Member};
+use crate::watch::{Board, LoadWatch};
 
 /// Scheduler tables prepared for one snapshot (see [`Prepare`]).
 pub type Tables = Arc<dyn Any + Send + Sync>;
@@ -69,6 +70,8 @@ pub struct Snapshot {
     pub(crate) version: u64,
     pub(crate) members: Vec<Member>,
     pub(crate) tables: Option<Tables>,
+    /// The pool's load-watch board (none for a snapshot made outside a pool).
+    pub(crate) board: Option<Arc<Board>>,
 }
 
 impl fmt::Debug for Snapshot {
@@ -88,6 +91,7 @@ impl Snapshot {
             version: 0,
             members: Vec::new(),
             tables: None,
+            board: None,
         }
     }
 
@@ -154,5 +158,24 @@ impl Snapshot {
     /// The prepared tables as they are (to carry them over to a next snapshot).
     pub fn raw_tables(&self) -> Option<&Tables> {
         self.tables.as_ref()
+    }
+
+    /// Make `watch` the pool's [`LoadWatch`], following the connection
+    /// counts of this snapshot's backends by their positions here. It
+    /// replaces the pool's previous watch. Meant for
+    /// [`Prepare::prepare`] (a pool write whose preparer installs no watch
+    /// removes the pool's watch). Returns false, and drops `watch`, if this
+    /// snapshot does not come from a pool.
+    ///
+    /// Changes of these counters wait while `watch` starts, so
+    /// [`LoadWatch::start`] should be quick (linear in the pool at most).
+    pub fn watch_loads(&self, watch: Box<dyn LoadWatch>) -> bool {
+        match &self.board {
+            Some(board) => {
+                board.install(&self.members, watch);
+                true
+            }
+            None => false,
+        }
     }
 }

@@ -73,21 +73,22 @@ impl Balancer {
     /// Lock-free on the pool; respects `max_conns` atomically even when
     /// several threads pick at once.
     pub fn connect(&self, ctx: &Ctx<'_>) -> Result<Conn, NoBackend> {
-        let snap = self.pool.load();
-        for _ in 0..CONNECT_RACES {
-            let pick = self.sched.pick(&snap, ctx).ok_or(NoBackend)?;
-            let m = pick.member();
-            let (backend, addr, name) = (m.id(), m.addr(), m.name_arc());
-            if let Some(guard) = pick.try_connect() {
-                return Ok(Conn {
-                    backend,
-                    name,
-                    addr,
-                    guard,
-                });
+        self.pool.with_snapshot(|snap| {
+            for _ in 0..CONNECT_RACES {
+                let pick = self.sched.pick(snap, ctx).ok_or(NoBackend)?;
+                let m = pick.member();
+                let (backend, addr, name) = (m.id(), m.addr(), m.name_arc());
+                if let Some(guard) = pick.try_connect() {
+                    return Ok(Conn {
+                        backend,
+                        name,
+                        addr,
+                        guard,
+                    });
+                }
             }
-        }
-        Err(NoBackend)
+            Err(NoBackend)
+        })
     }
 
     /// As [`connect`](Self::connect), recording why the backend was chosen.
@@ -107,19 +108,21 @@ impl Balancer {
 
     /// Pick without opening a connection: the backend's id and address.
     pub fn pick(&self, ctx: &Ctx<'_>) -> Option<(BackendId, SocketAddr)> {
-        let snap = self.pool.load();
-        self.sched
-            .pick(&snap, ctx)
-            .map(|p| (p.member().id(), p.member().addr()))
+        self.pool.with_snapshot(|snap| {
+            self.sched
+                .pick(snap, ctx)
+                .map(|p| (p.member().id(), p.member().addr()))
+        })
     }
 
     /// Tell the scheduler how an attempt on `backend` ended, at the
     /// [`monotonic_now`](lb_core::monotonic_now) that [`Ctx::new`] reads
     /// (see [`Scheduler::observe`]; `peak_ewma` learns latencies from it).
     pub fn observe(&self, backend: BackendId, outcome: Outcome, latency: Duration) {
-        let snap = self.pool.load();
-        self.sched
-            .observe(&snap, backend, outcome, latency, lb_core::monotonic_now());
+        self.pool.with_snapshot(|snap| {
+            self.sched
+                .observe(snap, backend, outcome, latency, lb_core::monotonic_now());
+        });
     }
 }
 

@@ -2,24 +2,28 @@
 //! (`ip_vs_lblc.c`) and `lblcr` (`ip_vs_lblcr.c`), reference A.10, A.11.
 //!
 //! Each scheduler instance owns its table, a map from destination IP to the
-//! backend (lblc) or set of backends (lblcr) that served it, behind a lock
-//! of its own. Entries name backends by [`BackendId`]. There is no timer:
-//! an entry is valid while `now - last_use < expire` and an expired one is
-//! treated as absent when it is looked up (`SCHEDULERS.md`).
+//! backend (lblc) or set of backends (lblcr) that served it, in shards
+//! behind locks of its own (`keyed.rs`). Entries name backends by
+//! [`BackendId`] (with a position hint). There is no timer: an entry is
+//! valid while `now - last_use < expire` and an expired one is treated as
+//! absent when it is looked up (`SCHEDULERS.md`).
+//!
+//! Reselection by wlc and the "some backend under half load" test of the
+//! overload rule are answered by the snapshot's least-load index when it can
+//! answer exactly (`least.rs`), else by scanning the pool.
 //!
 //! Two departures from the kernel, both declared in the contract:
 //! "overloaded" looks for an *eligible* backend under half load, and
 //! entries expire exactly at lookup instead of by a garbage-collecting timer.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use lb_core::{BackendId, Change, Ctx, Member, Pick, Snapshot, Tables};
 
-use lb_core::{BackendId, Ctx, Member, Pick, Snapshot};
-
-use crate::lc::{decided, least, lvs_overhead, wlc, wlc_cost};
+use crate::keyed::{IpKey, IpMap, IpTable, Placed};
+use crate::lc::{decided, least, lvs_overhead, prepare_index, wlc, wlc_cost};
+use crate::least::{LeastIndex, Rule};
 use crate::trace::{pick_via_select, why, Load, Trace};
 use crate::Scheduler;
 
@@ -53,7 +57,7 @@ fn dest_key<T: Trace>(name: &str, ctx: &Ctx<'_>, t: &mut T) -> Option<IpAddr> {
 /// Make room for a new key without growing: when the table is full, drop
 /// the entries that are expired anyway (unobservable: they count as absent).
 fn make_room<V>(
-    table: &mut HashMap<IpAddr, V>,
+    table: &mut IpMap<V>,
     last_use: impl Fn(&V) -> Duration,
     now: Duration,
     expire: Duration,
@@ -69,6 +73,11 @@ fn make_room<V>(
 fn overloaded<T: Trace>(d: &Member, snap: &Snapshot, ctx: &Ctx<'_>, t: &mut T) -> bool {
     if d.active() <= d.weight() {
         return false;
+    }
+    if !crate::trace::is_on(t) {
+        if let Some(any) = LeastIndex::any_under_half(snap, ctx) {
+            return any;
+        }
     }
     let under_half = snap
         .members()
@@ -100,7 +109,7 @@ fn overloaded<T: Trace>(d: &Member, snap: &Snapshot, ctx: &Ctx<'_>, t: &mut T) -
 /// One lblc entry: the backend that served a destination, and when.
 #[derive(Debug, Clone, Copy)]
 struct Cached {
-    id: BackendId,
+    backend: Placed,
     last_use: Duration,
 }
 
@@ -115,7 +124,7 @@ struct Cached {
 #[derive(Debug)]
 pub struct LocalityLeastConn {
     expire: Duration,
-    table: Mutex<HashMap<IpAddr, Cached>>,
+    table: IpTable<Cached>,
 }
 
 impl Default for LocalityLeastConn {
@@ -134,7 +143,7 @@ impl LocalityLeastConn {
     pub fn with_expire(expire: Duration) -> Self {
         LocalityLeastConn {
             expire,
-            table: Mutex::new(HashMap::with_capacity(TABLE_CAPACITY)),
+            table: IpTable::with_capacity(TABLE_CAPACITY),
         }
     }
 
@@ -146,11 +155,11 @@ impl LocalityLeastConn {
     ) -> Option<Pick<'s>> {
         let key = dest_key("lblc", ctx, t)?;
         let now = ctx.now();
-        let mut table = self.table.lock();
-        if let Some(en) = table.get_mut(&key) {
+        let mut table = self.table.shard(&key);
+        if let Some(en) = table.get_mut(&IpKey(key)) {
             if valid(now, en.last_use, self.expire) {
                 en.last_use = now;
-                match snap.get(en.id) {
+                match en.backend.find(snap) {
                     Some(d) if ctx.usable(d) => {
                         why!(t, "lblc: {key} -> {}", Load(d));
                         if !overloaded(d, snap, ctx, t) {
@@ -159,7 +168,7 @@ impl LocalityLeastConn {
                         }
                     }
                     Some(d) => why!(t, "lblc: {key} -> {}: not eligible", Load(d)),
-                    None => why!(t, "lblc: {key} -> {}: no longer in the pool", en.id),
+                    None => why!(t, "lblc: {key} -> {}: no longer in the pool", en.backend.id),
                 }
             } else {
                 why!(t, "lblc: the entry for {key} has expired");
@@ -170,14 +179,14 @@ impl LocalityLeastConn {
         why!(t, "lblc: reselect by wlc over the pool");
         let d = wlc(snap, ctx, t)?;
         let entry = Cached {
-            id: d.id(),
+            backend: Placed::of(snap, d),
             last_use: now,
         };
-        if let Some(en) = table.get_mut(&key) {
+        if let Some(en) = table.get_mut(&IpKey(key)) {
             *en = entry;
         } else {
             make_room(&mut table, |e| e.last_use, now, self.expire);
-            table.insert(key, entry);
+            table.insert(IpKey(key), entry);
         }
         Some(Pick::new(d))
     }
@@ -188,6 +197,10 @@ impl Scheduler for LocalityLeastConn {
         "lblc"
     }
 
+    fn prepare(&self, next: &Snapshot, _: Option<&Snapshot>, _: Change) -> Option<Tables> {
+        prepare_index(Rule::Wlc, next)
+    }
+
     pick_via_select!();
 }
 
@@ -196,20 +209,20 @@ impl Scheduler for LocalityLeastConn {
 /// Members kept inline before a set spills to the heap.
 const INLINE: usize = 4;
 
-/// A small set of backend ids in order of insertion; the newest is last.
+/// A small set of backends in order of insertion; the newest is last.
 /// The first [`INLINE`] live inline, so creating an entry never allocates.
 #[derive(Debug, Clone)]
 struct IdSet {
     len: usize,
-    head: [BackendId; INLINE],
-    tail: Vec<BackendId>,
+    head: [Placed; INLINE],
+    tail: Vec<Placed>,
 }
 
 impl IdSet {
-    fn of(id: BackendId) -> Self {
+    fn of(b: Placed) -> Self {
         IdSet {
             len: 1,
-            head: [id; INLINE],
+            head: [b; INLINE],
             tail: Vec::new(),
         }
     }
@@ -218,7 +231,7 @@ impl IdSet {
         self.len
     }
 
-    fn at(&self, i: usize) -> BackendId {
+    fn at(&self, i: usize) -> Placed {
         if i < INLINE {
             self.head[i]
         } else {
@@ -226,40 +239,41 @@ impl IdSet {
         }
     }
 
-    fn set(&mut self, i: usize, id: BackendId) {
+    fn set(&mut self, i: usize, b: Placed) {
         if i < INLINE {
-            self.head[i] = id;
+            self.head[i] = b;
         } else {
-            self.tail[i - INLINE] = id;
+            self.tail[i - INLINE] = b;
         }
     }
 
     /// The members, newest first.
-    fn newest_first(&self) -> impl Iterator<Item = (usize, BackendId)> + '_ {
+    fn newest_first(&self) -> impl Iterator<Item = (usize, Placed)> + '_ {
         (0..self.len).rev().map(|i| (i, self.at(i)))
     }
 
     fn contains(&self, id: BackendId) -> bool {
-        (0..self.len).any(|i| self.at(i) == id)
+        (0..self.len).any(|i| self.at(i).id == id)
     }
 
-    /// Add `id` as the newest member.
-    fn push(&mut self, id: BackendId) {
+    /// Add `b` as the newest member.
+    fn push(&mut self, b: Placed) {
         if self.len < INLINE {
-            self.head[self.len] = id;
+            self.head[self.len] = b;
         } else {
-            self.tail.push(id);
+            self.tail.push(b);
         }
         self.len += 1;
     }
 
-    /// Keep the members for which `keep` holds, in order.
-    fn retain(&mut self, mut keep: impl FnMut(BackendId) -> bool) {
+    /// Keep the members for which `keep` holds, in order (`keep` may
+    /// update a member's position).
+    fn retain(&mut self, mut keep: impl FnMut(&mut Placed) -> bool) {
         let mut kept = 0;
         for i in 0..self.len {
-            let id = self.at(i);
-            if keep(id) {
-                self.set(kept, id);
+            let mut b = self.at(i);
+            if keep(&mut b) {
+                self.set(kept, b);
                 kept += 1;
             }
         }
@@ -267,11 +281,11 @@ impl IdSet {
         self.tail.truncate(kept.saturating_sub(INLINE));
     }
 
-    /// Make this the set `{id}`, reusing the storage.
-    fn reset(&mut self, id: BackendId) {
+    /// Make this the set `{b}`, reusing the storage.
+    fn reset(&mut self, b: Placed) {
         self.len = 0;
         self.tail.clear();
-        self.push(id);
+        self.push(b);
     }
 }
 
@@ -289,8 +303,8 @@ struct Replicas {
 /// Returns its position in the set.
 fn set_max<T: Trace>(set: &IdSet, snap: &Snapshot, t: &mut T) -> Option<usize> {
     let mut most: Option<(usize, &Member, u64, u64)> = None;
-    for (i, id) in set.newest_first() {
-        let Some(m) = snap.get(id) else { continue };
+    for (i, mut b) in set.newest_first() {
+        let Some(m) = b.find(snap) else { continue };
         let (doh, dw) = (lvs_overhead(m), u64::from(m.weight()));
         if dw == 0 {
             continue;
@@ -332,7 +346,7 @@ fn set_max<T: Trace>(set: &IdSet, snap: &Snapshot, t: &mut T) -> Option<usize> {
 #[derive(Debug)]
 pub struct LocalityReplicated {
     expire: Duration,
-    table: Mutex<HashMap<IpAddr, Replicas>>,
+    table: IpTable<Replicas>,
 }
 
 impl Default for LocalityReplicated {
@@ -352,7 +366,7 @@ impl LocalityReplicated {
     pub fn with_expire(expire: Duration) -> Self {
         LocalityReplicated {
             expire,
-            table: Mutex::new(HashMap::with_capacity(TABLE_CAPACITY)),
+            table: IpTable::with_capacity(TABLE_CAPACITY),
         }
     }
 
@@ -364,8 +378,8 @@ impl LocalityReplicated {
     ) -> Option<Pick<'s>> {
         let key = dest_key("lblcr", ctx, t)?;
         let now = ctx.now();
-        let mut table = self.table.lock();
-        match table.get_mut(&key) {
+        let mut table = self.table.shard(&key);
+        match table.get_mut(&IpKey(key)) {
             Some(en) if valid(now, en.last_use, self.expire) => self.hit(key, en, snap, ctx, t),
             found => {
                 match found {
@@ -373,18 +387,19 @@ impl LocalityReplicated {
                     None => why!(t, "lblcr: no entry for {key}"),
                 }
                 let d = wlc(snap, ctx, t)?;
-                if let Some(en) = table.get_mut(&key) {
-                    en.set.reset(d.id());
+                let placed = Placed::of(snap, d);
+                if let Some(en) = table.get_mut(&IpKey(key)) {
+                    en.set.reset(placed);
                     (en.last_change, en.last_use) = (now, now);
                 } else {
                     make_room(&mut table, |e| e.last_use, now, self.expire);
-                    let set = IdSet::of(d.id());
+                    let set = IdSet::of(placed);
                     let en = Replicas {
                         set,
                         last_change: now,
                         last_use: now,
                     };
-                    table.insert(key, en);
+                    table.insert(IpKey(key), en);
                 }
                 why!(t, "lblcr: new set {{{}}} for {key}", d.name());
                 Some(Pick::new(d))
@@ -403,10 +418,10 @@ impl LocalityReplicated {
     ) -> Option<Pick<'s>> {
         let now = ctx.now();
         en.last_use = now;
-        en.set.retain(|id| snap.get(id).is_some());
+        en.set.retain(|b| b.find(snap).is_some());
         why!(t, "lblcr: {key} -> a set of {}, newest first", en.set.len());
         let min = least(
-            en.set.newest_first().filter_map(|(_, id)| snap.get(id)),
+            en.set.newest_first().filter_map(|(_, mut b)| b.find(snap)),
             ctx,
             wlc_cost,
             t,
@@ -419,8 +434,8 @@ impl LocalityReplicated {
                 self.expire
             );
             if let Some(i) = set_max(&en.set, snap, t) {
-                let gone = en.set.at(i);
-                en.set.retain(|id| id != gone);
+                let gone = en.set.at(i).id;
+                en.set.retain(|b| b.id != gone);
                 en.last_change = now;
             }
         }
@@ -438,7 +453,7 @@ impl LocalityReplicated {
         let d = wlc(snap, ctx, t)?;
         if !en.set.contains(d.id()) {
             why!(t, "lblcr: {} joins the set", d.name());
-            en.set.push(d.id());
+            en.set.push(Placed::of(snap, d));
             en.last_change = now;
         }
         Some(Pick::new(d))
@@ -450,6 +465,10 @@ impl Scheduler for LocalityReplicated {
         "lblcr"
     }
 
+    fn prepare(&self, next: &Snapshot, _: Option<&Snapshot>, _: Change) -> Option<Tables> {
+        prepare_index(Rule::Wlc, next)
+    }
+
     pick_via_select!();
 }
 
@@ -458,23 +477,27 @@ mod tests {
     use super::*;
 
     fn ids(s: &IdSet) -> Vec<u32> {
-        s.newest_first().map(|(_, id)| id.get()).collect()
+        s.newest_first().map(|(_, b)| b.id.get()).collect()
+    }
+
+    fn at(n: u32) -> Placed {
+        Placed::unplaced(BackendId::from_raw(n))
     }
 
     #[test]
     fn id_set_keeps_order_across_the_inline_boundary() {
-        let mut s = IdSet::of(BackendId::from_raw(0));
+        let mut s = IdSet::of(at(0));
         for n in 1..7 {
-            s.push(BackendId::from_raw(n));
+            s.push(at(n));
         }
         assert_eq!(ids(&s), [6, 5, 4, 3, 2, 1, 0]);
         assert!(s.contains(BackendId::from_raw(5)));
-        s.retain(|id| id.get() % 3 != 0);
+        s.retain(|b| b.id.get() % 3 != 0);
         assert_eq!(ids(&s), [5, 4, 2, 1]);
         assert!(!s.contains(BackendId::from_raw(6)));
-        s.push(BackendId::from_raw(9));
+        s.push(at(9));
         assert_eq!(ids(&s), [9, 5, 4, 2, 1]);
-        s.reset(BackendId::from_raw(3));
+        s.reset(at(3));
         assert_eq!(ids(&s), [3]);
     }
 }

@@ -6,11 +6,40 @@
 //! only when `oh(b) * w(d) > oh(d) * w(b)`, strictly, so every tie goes to
 //! the first. The products are taken in 128 bits and cannot overflow. See
 //! `SCHEDULERS.md` and reference A.3-A.6.
+//!
+//! The pool-order scan below is the definition. Each scheduler also builds a
+//! [`LeastIndex`] per snapshot that gives the same answer in O(1) per pick
+//! (O(log n) per connection change) and is used whenever it can answer
+//! exactly; the scan decides otherwise (see `least.rs`).
 
-use lb_core::{Ctx, Member, Pick, Snapshot};
+use std::sync::Arc;
 
-use crate::trace::{pick_via_select, why, Load, Trace};
+use lb_core::{Change, Ctx, Member, Pick, Snapshot, Tables};
+
+use crate::least::{LeastIndex, Rule};
+use crate::trace::{is_on, pick_via_select, why, Load, Trace};
 use crate::Scheduler;
+
+/// The choice of the index of `rule` prepared for `snap`, when it can give
+/// it exactly and no explanation is asked for: `Some(None)` when nothing is
+/// eligible, `None` when the caller must scan.
+#[inline]
+pub(crate) fn indexed<'s, T: Trace>(
+    snap: &'s Snapshot,
+    ctx: &Ctx<'_>,
+    rule: Rule,
+    t: &T,
+) -> Option<Option<&'s Member>> {
+    if is_on(t) {
+        return None;
+    }
+    LeastIndex::choice(snap, ctx, rule)
+}
+
+/// The tables of a least-connection scheduler: the index of `rule`.
+pub(crate) fn prepare_index(rule: Rule, next: &Snapshot) -> Option<Tables> {
+    Some(Arc::new(LeastIndex::prepare(rule, next)))
+}
 
 /// LVS's overhead for lc, wlc, lblc, lblcr and twos: `256 * active + inactive`.
 #[inline]
@@ -116,6 +145,9 @@ pub(crate) fn wlc<'s, T: Trace>(
     ctx: &Ctx<'_>,
     t: &mut T,
 ) -> Option<&'s Member> {
+    if let Some(m) = indexed(snap, ctx, Rule::Wlc, t) {
+        return m;
+    }
     let m = least(snap.members(), ctx, wlc_cost, t);
     decided(
         t,
@@ -156,6 +188,9 @@ impl LeastConn {
         ctx: &Ctx<'_>,
         t: &mut T,
     ) -> Option<Pick<'s>> {
+        if let Some(m) = indexed(snap, ctx, Rule::Lc, t) {
+            return m.map(Pick::new);
+        }
         let m = least(snap.members(), ctx, |m| (lvs_overhead(m), 1), t);
         decided(t, "lc: least 256*active+inactive, first on ties", m);
         m.map(Pick::new)
@@ -165,6 +200,10 @@ impl LeastConn {
 impl Scheduler for LeastConn {
     fn name(&self) -> &'static str {
         "lc"
+    }
+
+    fn prepare(&self, next: &Snapshot, _: Option<&Snapshot>, _: Change) -> Option<Tables> {
+        prepare_index(Rule::Lc, next)
     }
 
     pick_via_select!();
@@ -202,6 +241,10 @@ impl Scheduler for WeightedLeastConn {
         "wlc"
     }
 
+    fn prepare(&self, next: &Snapshot, _: Option<&Snapshot>, _: Change) -> Option<Tables> {
+        prepare_index(Rule::Wlc, next)
+    }
+
     pick_via_select!();
 }
 
@@ -226,6 +269,9 @@ impl ShortestExpectedDelay {
         ctx: &Ctx<'_>,
         t: &mut T,
     ) -> Option<Pick<'s>> {
+        if let Some(m) = indexed(snap, ctx, Rule::Sed, t) {
+            return m.map(Pick::new);
+        }
         let m = least(
             snap.members(),
             ctx,
@@ -244,6 +290,10 @@ impl ShortestExpectedDelay {
 impl Scheduler for ShortestExpectedDelay {
     fn name(&self) -> &'static str {
         "sed"
+    }
+
+    fn prepare(&self, next: &Snapshot, _: Option<&Snapshot>, _: Change) -> Option<Tables> {
+        prepare_index(Rule::Sed, next)
     }
 
     pick_via_select!();
@@ -270,6 +320,9 @@ impl NeverQueue {
         ctx: &Ctx<'_>,
         t: &mut T,
     ) -> Option<Pick<'s>> {
+        if let Some(m) = indexed(snap, ctx, Rule::Nq, t) {
+            return m.map(Pick::new);
+        }
         let mut best = Least::new();
         for m in snap.members() {
             if !ctx.usable(m) {
@@ -301,6 +354,10 @@ impl NeverQueue {
 impl Scheduler for NeverQueue {
     fn name(&self) -> &'static str {
         "nq"
+    }
+
+    fn prepare(&self, next: &Snapshot, _: Option<&Snapshot>, _: Change) -> Option<Tables> {
+        prepare_index(Rule::Nq, next)
     }
 
     pick_via_select!();

@@ -8,15 +8,13 @@
 //! `SCHEDULERS.md` ("Persistence") for the contract. Everything but the
 //! template lookup (name, tables, outcomes, features) is the inner scheduler's.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use parking_lot::Mutex;
-
 use lb_core::{BackendId, Change, Ctx, Health, Hold, Member, Outcome, Pick, Snapshot, Tables};
 
+use crate::keyed::{IpKey, IpTable, Placed};
 use crate::trace::{why, Explain, NoTrace, Trace};
 use crate::{BoxScheduler, Features, Scheduler};
 
@@ -27,7 +25,7 @@ const RESERVED_TEMPLATES: usize = 4096;
 /// What a template remembers for one client key.
 #[derive(Debug)]
 struct Template {
-    backend: BackendId,
+    backend: Placed,
     /// The time of the latest connection that used or created it.
     last_use: Duration,
     /// Counts the open connections this template placed.
@@ -72,8 +70,8 @@ impl fmt::Display for Unusable {
 /// backend this request already [tried](Ctx::tried) is passed over, for that
 /// pick only.
 ///
-/// Cost: one lock owned by this instance around the template table (room
-/// for 4096 templates is reserved up front). Using a template allocates
+/// Cost: the template table is split into shards, each behind a lock owned
+/// by this instance (room for 4096 templates is reserved up front). Using a template allocates
 /// nothing; creating one allocates its shared connection count, as the
 /// kernel allocates a template connection.
 ///
@@ -100,7 +98,7 @@ pub struct Persist {
     timeout: Duration,
     netmask: u32,
     expire_quiescent: bool,
-    templates: Mutex<HashMap<IpAddr, Template>>,
+    templates: IpTable<Template>,
 }
 
 impl fmt::Debug for Persist {
@@ -110,7 +108,7 @@ impl fmt::Debug for Persist {
             .field("timeout", &self.timeout)
             .field("netmask", &Ipv4Addr::from(self.netmask))
             .field("expire_quiescent", &self.expire_quiescent)
-            .field("templates", &self.templates.lock().len())
+            .field("templates", &self.templates.len())
             .finish()
     }
 }
@@ -124,7 +122,7 @@ impl Persist {
             timeout,
             netmask: u32::MAX,
             expire_quiescent: false,
-            templates: Mutex::new(HashMap::with_capacity(RESERVED_TEMPLATES)),
+            templates: IpTable::with_capacity(RESERVED_TEMPLATES),
         }
     }
 
@@ -161,7 +159,7 @@ impl Persist {
 
     /// The number of templates held (valid or not yet found expired).
     pub fn templates(&self) -> usize {
-        self.templates.lock().len()
+        self.templates.len()
     }
 
     fn key(&self, ip: IpAddr) -> IpAddr {
@@ -179,10 +177,10 @@ impl Persist {
     fn check<'s>(
         &self,
         snap: &'s Snapshot,
-        t: &Template,
+        t: &mut Template,
         now: Duration,
     ) -> Result<&'s Member, Unusable> {
-        let m = snap.get(t.backend).ok_or(Unusable::Removed)?;
+        let m = t.backend.find(snap).ok_or(Unusable::Removed)?;
         match m.health() {
             Health::Down => return Err(Unusable::Down),
             Health::Draining if self.expire_quiescent => {
@@ -210,9 +208,9 @@ impl Persist {
     ) -> Option<Pick<'s>> {
         let key = self.key(ctx.client_ip());
         let now = ctx.now();
-        let mut templates = self.templates.lock();
+        let mut templates = self.templates.shard(&key);
         let mut retry_only = false;
-        if let Some(tpl) = templates.get_mut(&key) {
+        if let Some(tpl) = templates.get_mut(&IpKey(key)) {
             match self.check(snap, tpl, now) {
                 Ok(m) if ctx.was_tried(m.id()) => {
                     why!(
@@ -236,7 +234,7 @@ impl Persist {
                 }
                 Err(reason) => {
                     why!(t, "persist: template {key} dropped: {reason}");
-                    templates.remove(&key);
+                    templates.remove(&IpKey(key));
                 }
             }
         } else {
@@ -263,9 +261,9 @@ impl Persist {
         }
         let hold = Hold::new();
         templates.insert(
-            key,
+            IpKey(key),
             Template {
-                backend: m.id(),
+                backend: Placed::of(snap, m),
                 last_use: now,
                 hold: hold.clone(),
             },

@@ -7,14 +7,39 @@ use lb_core::{BackendId, Ctx, Pick, Snapshot};
 use crate::trace::{pick_via_select, why, Load, Trace};
 use crate::Scheduler;
 
+/// The cursor before any pick (no backend has id `u32::MAX`).
 const NONE: u64 = u64::MAX;
+
+/// The cursor word: the previous pick's id in the low half, its position in
+/// the snapshot it was picked from in the high half (a hint that spares the
+/// binary search while the pool is unchanged).
+#[inline]
+fn cursor(id: u32, pos: usize) -> u64 {
+    ((pos as u64) << 32) | u64::from(id)
+}
+
+/// Where the search after the cursor `last` starts in `snap`: the position
+/// that follows the previous pick, found from the hint when it still holds.
+#[inline]
+fn start_after(snap: &Snapshot, last: u64) -> usize {
+    if last == NONE {
+        return 0;
+    }
+    let (id, hint) = (last as u32, (last >> 32) as usize);
+    match snap.members().get(hint) {
+        Some(m) if m.id().get() == id => hint + 1,
+        _ => snap.position_after(BackendId::from_raw(id)),
+    }
+}
 
 /// Round robin: the first eligible backend after the previous pick, in pool
 /// order, wrapping around. Weights only enable (> 0) or disable (0).
 ///
 /// The cursor is the id of the previous pick, so when that backend is
 /// removed the search starts at the backend that followed it; a pick that
-/// finds nothing leaves the cursor where it was. Lock-free: one atomic word.
+/// finds nothing leaves the cursor where it was. Lock-free: one atomic word,
+/// which also keeps the previous pick's position so that an unchanged pool
+/// needs no search for it.
 #[derive(Debug)]
 pub struct RoundRobin {
     last: AtomicU64,
@@ -44,13 +69,11 @@ impl RoundRobin {
         let n = members.len();
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
-            let start = if last == NONE {
-                0
-            } else {
-                snap.position_after(BackendId::from_raw(last as u32))
-            };
+            let start = start_after(snap, last);
             why!(t, "rr: search starts at position {start} of {n}, wrapping");
-            let found = (0..n).map(|k| (start + k) % n.max(1)).find(|&i| {
+            // start <= n; wrap without a division per step.
+            let first = if start < n { start } else { 0 };
+            let found = (first..n).chain(0..first).find(|&i| {
                 let ok = ctx.usable(&members[i]);
                 why!(
                     t,
@@ -61,10 +84,10 @@ impl RoundRobin {
                 ok
             });
             let i = found?;
-            let id = u64::from(members[i].id().get());
+            let next = cursor(members[i].id().get(), i);
             match self
                 .last
-                .compare_exchange(last, id, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed)
             {
                 Ok(_) => {
                     why!(

@@ -5,30 +5,17 @@ use parking_lot::Mutex;
 
 use lb_core::{Change, Ctx, Member, Pick, Snapshot, Tables};
 
+use crate::smooth::Smooth;
 use crate::trace::{pick_via_select, why, Load, Trace};
 use crate::{Features, Scheduler};
 
 /// The signed `current` weight of every backend of a snapshot, by position.
 ///
 /// Shared by the nginx-family schedulers: reset to zero by any weight or
-/// membership change, carried over unchanged by a health change.
+/// membership change, carried over unchanged by a health change. (The
+/// default method, [`SmoothWrr`], keeps its own in `smooth.rs`.)
 #[derive(Debug)]
 pub(crate) struct Currents(pub(crate) Mutex<Vec<i64>>);
-
-impl Currents {
-    /// Tables for `next`: the previous values on a health-only change,
-    /// zeros otherwise.
-    pub(crate) fn prepare(next: &Snapshot, prev: Option<&Snapshot>, change: Change) -> Tables {
-        if change.keeps_balance_state() {
-            if let Some(t) = prev.and_then(|p| p.raw_tables()) {
-                if t.downcast_ref::<Currents>().is_some() {
-                    return t.clone();
-                }
-            }
-        }
-        std::sync::Arc::new(Currents(Mutex::new(vec![0; next.len()])))
-    }
-}
 
 /// One step of smooth weighted round robin over the members for which
 /// `candidate` holds, in pool order: every usable candidate adds its weight
@@ -70,6 +57,10 @@ pub(crate) fn swrr_step<T: Trace>(
 ///
 /// Weights 5, 1, 1 give `a a b a c a a`; over any window of sum-of-weights
 /// picks with static weights each backend gets exactly its weight.
+///
+/// The linear step above is the definition; picks that try nothing, in a
+/// pool without `max_conns` limits, take the same decisions in O(d + log n)
+/// (`d` distinct weights) through per-weight tournament trees (`smooth.rs`).
 #[derive(Debug, Default)]
 pub struct SmoothWrr;
 
@@ -85,15 +76,9 @@ impl SmoothWrr {
         ctx: &Ctx<'_>,
         t: &mut T,
     ) -> Option<Pick<'s>> {
-        let currents = snap.tables::<Currents>()?;
-        let members = snap.members();
-        let mut current = currents.0.lock();
-        why!(t, "wrr: primaries");
-        let i = swrr_step(members, &mut current, ctx, |m| !m.is_backup(), t).or_else(|| {
-            why!(t, "wrr: no primary usable; backups");
-            swrr_step(members, &mut current, ctx, |m| m.is_backup(), t)
-        })?;
-        Some(Pick::new(&members[i]))
+        let smooth = snap.tables::<Smooth>()?;
+        let i = smooth.step(snap, ctx, t)?;
+        Some(Pick::new(&snap.members()[i]))
     }
 }
 
@@ -103,7 +88,7 @@ impl Scheduler for SmoothWrr {
     }
 
     fn prepare(&self, next: &Snapshot, prev: Option<&Snapshot>, change: Change) -> Option<Tables> {
-        Some(Currents::prepare(next, prev, change))
+        Some(Smooth::prepare(next, prev, change))
     }
 
     fn features(&self) -> Features {

@@ -1,0 +1,244 @@
+//! Our picks against peers' at 3, 100 and 10,000 backends, with the ratios
+//! printed at the end (`peer ns / our ns`: above 1, ours is faster).
+//!
+//! - consistent hashing: `pingora-ketama` (Cloudflare's port of nginx's
+//!   ketama, the ring `pingora-load-balancing`'s `Consistent` selection
+//!   uses) against our `hash consistent` (nginx's ketama, exact) and `mh`;
+//! - power of two choices: tower's `p2c::Balance` (`poll_ready` + `call`,
+//!   its per-request path) against our `p2c`.
+//!
+//! `pingora-load-balancing` itself (its weighted round robin) is not here:
+//! its `pingora-core` dependency builds zlib-ng through CMake and zstd from
+//! C unconditionally, which this workspace does not want for a benchmark.
+//!
+//! `cargo bench --bench peers`; `LB_BENCH_QUICK=1` shortens the runs and
+//! `LB_BENCH_CLOCK=thread` measures thread CPU time (see `support/clock.rs`).
+
+use std::cell::OnceCell;
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use lb_core::{Backend, Ctx, Pool};
+use lb_sched::Balancer;
+use tower::balance::p2c::Balance;
+use tower::discover::ServiceList;
+use tower::load::Constant;
+use tower::Service;
+
+#[path = "support/clock.rs"]
+mod clock;
+use clock::Clock;
+
+const SIZES: [usize; 3] = [3, 100, 10_000];
+const KEYS: usize = 1024;
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 80))
+}
+
+fn weight(i: usize) -> u64 {
+    1 + (i % 4) as u64
+}
+
+fn keys() -> Vec<String> {
+    (0..KEYS).map(|i| format!("/item/{i}")).collect()
+}
+
+/// Our balancer over `n` backends (weights 1..4, as `benches/pick.rs`).
+fn ours(sched: &str, n: usize) -> Balancer {
+    let pool = Pool::new();
+    pool.batch(|b| {
+        for i in 0..n {
+            b.add(Backend::new(format!("b{i}"), addr(i)).with_weight(weight(i)))?;
+        }
+        Ok(())
+    })
+    .expect("valid backends");
+    Balancer::new(pool, lb_sched::build(sched).expect("registered"))
+}
+
+/// One pick of ours for key `k`, as `Balancer::connect` makes it.
+#[inline]
+fn our_pick(lb: &Balancer, keys: &[String], k: usize) -> bool {
+    let client = SocketAddr::from(([192, 0, (k >> 8) as u8, k as u8], 1024));
+    let ctx = Ctx::at(client, Duration::from_secs(1)).with_key(keys[k].as_bytes());
+    lb.pool()
+        .with_snapshot(|s| lb.scheduler().pick(s, &ctx).is_some())
+}
+
+fn ketama(n: usize) -> pingora_ketama::Continuum {
+    let buckets: Vec<_> = (0..n)
+        .map(|i| pingora_ketama::Bucket::new(addr(i), weight(i) as u32))
+        .collect();
+    pingora_ketama::Continuum::new(&buckets)
+}
+
+type Svc =
+    Constant<tower::util::ServiceFn<fn(()) -> std::future::Ready<Result<(), Infallible>>>, usize>;
+
+fn ready(_: ()) -> std::future::Ready<Result<(), Infallible>> {
+    std::future::ready(Ok(()))
+}
+
+/// tower's p2c over `n` always-ready services with constant loads.
+fn tower_p2c(n: usize) -> Balance<ServiceList<Vec<Svc>>, ()> {
+    let f: fn(()) -> std::future::Ready<Result<(), Infallible>> = ready;
+    let svcs: Vec<Svc> = (0..n)
+        .map(|i| Constant::new(tower::service_fn(f), i * 7 % 5))
+        .collect();
+    Balance::new(ServiceList::new(svcs))
+}
+
+/// One tower dispatch: `poll_ready` then `call` (the future is dropped).
+#[inline]
+fn tower_pick(b: &mut Balance<ServiceList<Vec<Svc>>, ()>, cx: &mut Context<'_>) -> bool {
+    match b.poll_ready(cx) {
+        Poll::Ready(Ok(())) => {
+            drop(b.call(()));
+            true
+        }
+        _ => false,
+    }
+}
+
+fn bench_hash(c: &mut Criterion<Clock>) {
+    let keys = keys();
+    let mut g = c.benchmark_group("peers_consistent_hash");
+    for n in SIZES {
+        let ring = OnceCell::new();
+        g.bench_function(BenchmarkId::new("pingora-ketama", n), |b| {
+            let ring = ring.get_or_init(|| ketama(n));
+            let mut k = 0;
+            b.iter(|| {
+                k = (k + 1) % KEYS;
+                black_box(ring.node(keys[k].as_bytes()))
+            })
+        });
+        for sched in ["hash consistent", "mh"] {
+            let lb = OnceCell::new();
+            g.bench_function(BenchmarkId::new(sched.replace(' ', "_"), n), |b| {
+                let lb = lb.get_or_init(|| ours(sched, n));
+                let mut k = 0;
+                b.iter(|| {
+                    k = (k + 1) % KEYS;
+                    black_box(our_pick(lb, &keys, k))
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn bench_p2c(c: &mut Criterion<Clock>) {
+    let keys = keys();
+    let mut g = c.benchmark_group("peers_p2c");
+    for n in SIZES {
+        g.bench_function(BenchmarkId::new("tower", n), |b| {
+            let mut bal = tower_p2c(n);
+            let mut cx = Context::from_waker(Waker::noop());
+            b.iter(|| black_box(tower_pick(&mut bal, &mut cx)))
+        });
+        let lb = OnceCell::new();
+        g.bench_function(BenchmarkId::new("p2c", n), |b| {
+            let lb = lb.get_or_init(|| ours("p2c", n));
+            let mut k = 0;
+            b.iter(|| {
+                k = (k + 1) % KEYS;
+                black_box(our_pick(lb, &keys, k))
+            })
+        });
+    }
+    g.finish();
+}
+
+/// ns per call of `f`, the best of a few rounds (for the ratio table).
+fn ns_per(mut f: impl FnMut(usize)) -> f64 {
+    let clock = Clock::from_env();
+    let iters = if std::env::var_os("LB_BENCH_QUICK").is_some() {
+        100_000
+    } else {
+        1_000_000
+    };
+    (0..5)
+        .map(|_| {
+            let start = clock.now();
+            for i in 0..iters {
+                f(i);
+            }
+            start.elapsed().as_nanos() as f64 / iters as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// The ratio table: every pair measured again, side by side.
+fn ratios(_: &mut Criterion<Clock>) {
+    let keys = keys();
+    println!();
+    println!(
+        "peer ns/pick over ours ({}; best of 5 rounds):",
+        Clock::from_env().name()
+    );
+    println!(
+        "{:<28} {:>7} {:>12} {:>12} {:>8}",
+        "comparison", "n", "peer ns", "ours ns", "ratio"
+    );
+    for n in SIZES {
+        let ring = ketama(n);
+        let peer = ns_per(|i| {
+            black_box(ring.node(keys[i % KEYS].as_bytes()));
+        });
+        for sched in ["hash consistent", "mh"] {
+            let lb = ours(sched, n);
+            let mine = ns_per(|i| {
+                black_box(our_pick(&lb, &keys, i % KEYS));
+            });
+            let label = format!("pingora-ketama / {sched}");
+            println!(
+                "{label:<28} {n:>7} {peer:>12.1} {mine:>12.1} {:>8.2}",
+                peer / mine
+            );
+        }
+        let mut bal = tower_p2c(n);
+        let mut cx = Context::from_waker(Waker::noop());
+        // Let tower discover its services before timing.
+        let _ = tower_pick(&mut bal, &mut cx);
+        let peer = ns_per(|_| {
+            black_box(tower_pick(&mut bal, &mut cx));
+        });
+        let lb = ours("p2c", n);
+        let mine = ns_per(|i| {
+            black_box(our_pick(&lb, &keys, i % KEYS));
+        });
+        println!(
+            "{:<28} {n:>7} {peer:>12.1} {mine:>12.1} {:>8.2}",
+            "tower p2c / p2c",
+            peer / mine
+        );
+    }
+}
+
+fn config() -> Criterion<Clock> {
+    let c = Criterion::default()
+        .with_measurement(Clock::from_env())
+        .configure_from_args();
+    if std::env::var_os("LB_BENCH_QUICK").is_some() {
+        c.warm_up_time(Duration::from_millis(200))
+            .measurement_time(Duration::from_millis(500))
+            .sample_size(10)
+    } else {
+        c.warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(1))
+            .sample_size(20)
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_hash, bench_p2c, ratios
+}
+criterion_main!(benches);

@@ -1,0 +1,495 @@
+//! The fast pick paths against plain linear scans, decision by decision,
+//! over random sequences of picks, opens, closes, idles, activations and
+//! weight, health, limit and membership changes.
+//!
+//! Two oracles:
+//!
+//! - an independent scan written here for rr, lc, wlc, sed and nq (the
+//!   definitions of `SCHEDULERS.md`, pool order, first on ties);
+//! - the scheduler's own linear scan, which its explained picks take: a
+//!   twin pool receives the same operations and picks through
+//!   [`Scheduler::explain`](lb_sched::Scheduler::explain), for every
+//!   registered scheduler, so that indexes, cursors and caches must agree
+//!   with the scan they replace.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use lb_core::{Backend, BackendId, ConnGuard, Ctx, Health, Member, Pool, Snapshot};
+use lb_sched::{build, Balancer, Explain, Persist};
+use proptest::prelude::*;
+
+/// One operation on the pool or its connections.
+#[derive(Debug, Clone)]
+enum Op {
+    /// Pick for client `c`, destination `d`, having tried the backends at
+    /// these positions (mod the pool size), and open the connection.
+    Pick {
+        c: u8,
+        d: u8,
+        tried: Vec<usize>,
+    },
+    /// Open a connection on the backend at this position without a pick.
+    Open(usize),
+    /// Close, idle or activate the open connection at this index (mod count).
+    Close(usize),
+    Idle(usize),
+    Activate(usize),
+    Weight(usize, u64),
+    Health(usize, u8),
+    /// Set a `max_conns` limit (0 removes it).
+    MaxConns(usize, u64),
+    Backup(usize, bool),
+    Add(u64),
+    Remove(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let tried = prop_oneof![
+        8 => Just(Vec::new()),
+        1 => prop::collection::vec(0usize..32, 1..3),
+    ];
+    prop_oneof![
+        10 => (0u8..6, 0u8..4, tried).prop_map(|(c, d, tried)| Op::Pick { c, d, tried }),
+        3 => (0usize..32).prop_map(Op::Open),
+        4 => (0usize..64).prop_map(Op::Close),
+        2 => (0usize..64).prop_map(Op::Idle),
+        1 => (0usize..64).prop_map(Op::Activate),
+        1 => (0usize..32, 0u64..=5).prop_map(|(i, w)| Op::Weight(i, w)),
+        1 => (0usize..32, 0u8..3).prop_map(|(i, h)| Op::Health(i, h)),
+        1 => (0usize..32, prop_oneof![2 => Just(0u64), 1 => 1u64..4])
+            .prop_map(|(i, m)| Op::MaxConns(i, m)),
+        1 => (0usize..32, any::<bool>()).prop_map(|(i, b)| Op::Backup(i, b)),
+        1 => (0u64..=4).prop_map(Op::Add),
+        1 => (0usize..32).prop_map(Op::Remove),
+    ]
+}
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], 80))
+}
+
+/// What an operation wrote to the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wrote {
+    Nothing,
+    /// A health change: nginx's `current`s survive it.
+    Health,
+    /// Any other change: they are reset to zero.
+    Reset,
+}
+
+/// A pool, its balancer, its open connections and the next backend number.
+struct World {
+    pool: Pool,
+    lb: Balancer,
+    open: Vec<ConnGuard>,
+    next: usize,
+}
+
+impl World {
+    fn new(sched: &str, weights: &[u64]) -> World {
+        let pool = Pool::new();
+        for (i, &w) in weights.iter().enumerate() {
+            pool.add(Backend::new(format!("b{i}"), addr(i)).with_weight(w))
+                .unwrap();
+        }
+        let sched = match sched.strip_prefix("persist ") {
+            Some(inner) => Box::new(Persist::new(build(inner).unwrap(), Duration::from_secs(2))),
+            None => build(sched).unwrap(),
+        };
+        let lb = Balancer::new(pool.clone(), sched);
+        World {
+            pool,
+            lb,
+            open: Vec::new(),
+            next: weights.len(),
+        }
+    }
+
+    fn id_at(&self, i: usize) -> Option<BackendId> {
+        let snap = self.pool.load();
+        (!snap.is_empty()).then(|| snap.members()[i % snap.len()].id())
+    }
+
+    /// Apply a non-pick operation. Returns what it wrote to the pool.
+    fn apply(&mut self, op: &Op) -> Wrote {
+        let snap = self.pool.load();
+        let n = snap.len();
+        match op {
+            Op::Pick { .. } => unreachable!("picks are compared by the caller"),
+            Op::Open(i) if n > 0 => self.open.push(snap.members()[i % n].connect()),
+            Op::Close(k) if !self.open.is_empty() => {
+                let k = k % self.open.len();
+                drop(self.open.swap_remove(k));
+            }
+            Op::Idle(k) if !self.open.is_empty() => {
+                let k = k % self.open.len();
+                self.open[k].idle();
+            }
+            Op::Activate(k) if !self.open.is_empty() => {
+                let k = k % self.open.len();
+                self.open[k].activate();
+            }
+            Op::Weight(i, w) => {
+                if let Some(id) = self.id_at(*i) {
+                    self.pool.set_weight(id, *w).unwrap();
+                    return Wrote::Reset;
+                }
+            }
+            Op::Health(i, h) => {
+                if let Some(id) = self.id_at(*i) {
+                    let h = [Health::Up, Health::Down, Health::Draining][usize::from(*h)];
+                    let before = self.pool.load().get(id).unwrap().health();
+                    self.pool.set_health(id, h).unwrap();
+                    if before != h {
+                        return Wrote::Health;
+                    }
+                }
+            }
+            Op::MaxConns(i, m) => {
+                if let Some(id) = self.id_at(*i) {
+                    self.pool.set_max_conns(id, *m).unwrap();
+                    return Wrote::Reset;
+                }
+            }
+            Op::Backup(i, b) => {
+                if let Some(id) = self.id_at(*i) {
+                    self.pool.set_backup(id, *b).unwrap();
+                    return Wrote::Reset;
+                }
+            }
+            Op::Add(w) => {
+                let i = self.next;
+                self.next += 1;
+                self.pool
+                    .add(Backend::new(format!("b{i}"), addr(i)).with_weight(*w))
+                    .unwrap();
+                return Wrote::Reset;
+            }
+            Op::Remove(i) => {
+                if let Some(id) = self.id_at(*i) {
+                    self.pool.remove(id).unwrap();
+                    return Wrote::Reset;
+                }
+            }
+            _ => {}
+        }
+        Wrote::Nothing
+    }
+}
+
+fn ctx_parts(
+    snap: &Snapshot,
+    c: u8,
+    d: u8,
+    tried: &[usize],
+) -> (SocketAddr, SocketAddr, Vec<BackendId>) {
+    let client = SocketAddr::from(([192, 0, 2, c + 1], 1000 + u16::from(c)));
+    let dest = SocketAddr::from(([198, 51, 100, d + 1], 80));
+    let tried = if snap.is_empty() {
+        Vec::new()
+    } else {
+        tried
+            .iter()
+            .map(|i| snap.members()[i % snap.len()].id())
+            .collect()
+    };
+    (client, dest, tried)
+}
+
+// === the independent oracles ===
+
+/// The first usable member minimising `cost` by the cross-multiplied rule.
+fn scan_least<'s>(
+    snap: &'s Snapshot,
+    ctx: &Ctx<'_>,
+    cost: impl Fn(&Member) -> (u64, u64),
+) -> Option<&'s Member> {
+    let mut best: Option<(&Member, u64, u64)> = None;
+    for m in snap.members().iter().filter(|m| ctx.usable(m)) {
+        let (oh, w) = cost(m);
+        match best {
+            Some((_, boh, bw))
+                if u128::from(boh) * u128::from(w) <= u128::from(oh) * u128::from(bw) => {}
+            _ => best = Some((m, oh, w)),
+        }
+    }
+    best.map(|(m, ..)| m)
+}
+
+/// State the stateful oracles keep between picks.
+#[derive(Default)]
+struct Memory {
+    /// rr's cursor: the id of its previous pick.
+    rr_last: Option<BackendId>,
+    /// nginx's `current` of each backend (absent: 0).
+    current: std::collections::HashMap<BackendId, i64>,
+}
+
+impl Memory {
+    fn wrote(&mut self, w: Wrote) {
+        if w == Wrote::Reset {
+            self.current.clear();
+        }
+    }
+
+    /// One smooth step over the usable members that `pass` admits: each
+    /// adds its weight to its `current`, the largest (first on ties) wins
+    /// and gives back the sum of the weights.
+    fn swrr<'s>(
+        &mut self,
+        snap: &'s Snapshot,
+        ctx: &Ctx<'_>,
+        pass: impl Fn(&Member) -> bool,
+    ) -> Option<&'s Member> {
+        let cands: Vec<&Member> = snap
+            .members()
+            .iter()
+            .filter(|m| pass(m) && ctx.usable(m))
+            .collect();
+        let total: i64 = cands.iter().map(|m| i64::from(m.weight())).sum();
+        let mut best: Option<(&Member, i64)> = None;
+        for m in cands {
+            let c = self.current.entry(m.id()).or_insert(0);
+            *c += i64::from(m.weight());
+            if best.is_none_or(|(_, bc)| *c > bc) {
+                best = Some((m, *c));
+            }
+        }
+        let (m, _) = best?;
+        *self.current.get_mut(&m.id()).unwrap() -= total;
+        Some(m)
+    }
+}
+
+/// The oracle's choice for `sched`, advancing its memory.
+fn oracle<'s>(
+    sched: &str,
+    snap: &'s Snapshot,
+    ctx: &Ctx<'_>,
+    mem: &mut Memory,
+) -> Option<&'s Member> {
+    let lvs = |m: &Member| 256 * u64::from(m.active()) + u64::from(m.inactive());
+    let sed = |m: &Member| (u64::from(m.active()) + 1, u64::from(m.weight()));
+    match sched {
+        "lc" => scan_least(snap, ctx, |m| (lvs(m), 1)),
+        "wlc" => scan_least(snap, ctx, |m| (lvs(m), u64::from(m.weight()))),
+        "sed" => scan_least(snap, ctx, sed),
+        "nq" => snap
+            .members()
+            .iter()
+            .find(|m| ctx.usable(m) && m.active() == 0)
+            .or_else(|| scan_least(snap, ctx, sed)),
+        "rr" => {
+            let members = snap.members();
+            let start = mem
+                .rr_last
+                .map_or(0, |id| members.iter().take_while(|m| m.id() <= id).count());
+            let n = members.len();
+            let m = (0..n)
+                .map(|k| &members[(start + k) % n])
+                .find(|m| ctx.usable(m));
+            if let Some(m) = m {
+                mem.rr_last = Some(m.id());
+            }
+            m
+        }
+        "wrr" => mem
+            .swrr(snap, ctx, |m| !m.is_backup())
+            .or_else(|| mem.swrr(snap, ctx, |m| m.is_backup())),
+        _ => unreachable!("no independent oracle for {sched}"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// rr, wrr, lc, wlc, sed and nq decide exactly as the scans written
+    /// above.
+    #[test]
+    fn fast_picks_match_the_independent_scan(
+        weights in prop::collection::vec(0u64..=5, 0..12),
+        ops in prop::collection::vec(op(), 1..120),
+    ) {
+        for sched in ["rr", "wrr", "lc", "wlc", "sed", "nq"] {
+            let mut w = World::new(sched, &weights);
+            let mut mem = Memory::default();
+            for (step, op) in ops.iter().enumerate() {
+                let Op::Pick { c, d, tried } = op else {
+                    mem.wrote(w.apply(op));
+                    continue;
+                };
+                let snap = w.pool.load();
+                let (client, dest, tried) = ctx_parts(&snap, *c, *d, tried);
+                let ctx = Ctx::at(client, Duration::ZERO).with_dest(dest).with_tried(&tried);
+                let want = oracle(sched, &snap, &ctx, &mut mem).map(|m| m.name().to_owned());
+                let pick = w.lb.scheduler().pick(&snap, &ctx);
+                let got = pick.as_ref().map(|p| p.member().name().to_owned());
+                prop_assert_eq!(&got, &want, "{} at step {}: {:?}", sched, step, op);
+                if let Some(p) = pick {
+                    w.open.push(p.connect());
+                }
+            }
+        }
+    }
+
+    /// Every registered scheduler, and persistence around rr and wlc, picks
+    /// exactly as its own explained (linear scan) path does in a twin pool
+    /// that goes through the same operations.
+    #[test]
+    fn fast_picks_match_the_explained_scan(
+        weights in prop::collection::vec(0u64..=5, 0..12),
+        ops in prop::collection::vec(op(), 1..100),
+    ) {
+        let persist = ["persist rr", "persist wlc"];
+        for sched in lb_sched::NAMES.iter().chain(&persist) {
+            let (mut fast, mut slow) = (World::new(sched, &weights), World::new(sched, &weights));
+            let mut now = Duration::ZERO;
+            for (step, op) in ops.iter().enumerate() {
+                let Op::Pick { c, d, tried } = op else {
+                    fast.apply(op);
+                    slow.apply(op);
+                    continue;
+                };
+                now += Duration::from_millis(100);
+                let (fs, ss) = (fast.pool.load(), slow.pool.load());
+                let (client, dest, ft) = ctx_parts(&fs, *c, *d, tried);
+                let (_, _, st) = ctx_parts(&ss, *c, *d, tried);
+                let fctx = Ctx::at(client, now).with_dest(dest).with_key(b"k").with_tried(&ft);
+                let sctx = Ctx::at(client, now).with_dest(dest).with_key(b"k").with_tried(&st);
+                let fp = fast.lb.scheduler().pick(&fs, &fctx);
+                let sp = slow.lb.scheduler().explain(&ss, &sctx, &mut Explain::new());
+                let got = fp.as_ref().map(|p| p.member().name().to_owned());
+                let want = sp.as_ref().map(|p| p.member().name().to_owned());
+                prop_assert_eq!(&got, &want, "{} at step {}: {:?}", sched, step, op);
+                if let (Some(f), Some(s)) = (fp, sp) {
+                    fast.open.push(f.connect());
+                    slow.open.push(s.connect());
+                }
+            }
+        }
+    }
+}
+
+/// A small deterministic generator for the long runs below.
+struct Mix(u64);
+
+impl Mix {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % n.max(1)
+    }
+}
+
+/// Deep trees: 300 backends and thousands of random operations, every pick
+/// checked against the independent scan.
+#[test]
+fn large_pools_match_the_independent_scan() {
+    for sched in ["lc", "wlc", "sed", "nq", "rr", "wrr"] {
+        let mut rng = Mix(7);
+        let weights: Vec<u64> = (0..300).map(|_| rng.next(6)).collect();
+        let mut w = World::new(sched, &weights);
+        let mut mem = Memory::default();
+        for step in 0..6000 {
+            let op = match rng.next(20) {
+                0..=7 => {
+                    let snap = w.pool.load();
+                    let (client, dest, _) = ctx_parts(&snap, rng.next(6) as u8, 0, &[]);
+                    let ctx = Ctx::at(client, Duration::ZERO).with_dest(dest);
+                    let want = oracle(sched, &snap, &ctx, &mut mem).map(Member::id);
+                    let pick = w.lb.scheduler().pick(&snap, &ctx);
+                    assert_eq!(
+                        pick.as_ref().map(|p| p.member().id()),
+                        want,
+                        "{sched} step {step}"
+                    );
+                    if let Some(p) = pick {
+                        w.open.push(p.connect());
+                    }
+                    continue;
+                }
+                8..=10 => Op::Open(rng.next(400) as usize),
+                11..=14 => Op::Close(rng.next(1000) as usize),
+                15 | 16 => Op::Idle(rng.next(1000) as usize),
+                17 => Op::Activate(rng.next(1000) as usize),
+                18 => Op::Weight(rng.next(400) as usize, rng.next(6)),
+                _ => Op::Health(rng.next(400) as usize, rng.next(3) as u8),
+            };
+            mem.wrote(w.apply(&op));
+        }
+    }
+}
+
+/// Threads open, idle and close connections at once while another changes
+/// weights and health: once they stop, the index answers exactly what the
+/// scan answers, so no update was lost or applied out of order.
+#[test]
+fn concurrent_changes_leave_the_index_exact() {
+    for sched in ["lc", "wlc", "sed", "nq"] {
+        let weights: Vec<u64> = (0..64).map(|i| i % 5).collect();
+        let w = World::new(sched, &weights);
+        let (pool, lb) = (&w.pool, &w.lb);
+        let kept = parking_lot::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for t in 0..3u64 {
+                let kept = &kept;
+                s.spawn(move || {
+                    let mut rng = Mix(t + 1);
+                    let mut open: Vec<ConnGuard> = Vec::new();
+                    for _ in 0..20_000 {
+                        let snap = pool.load();
+                        match rng.next(6) {
+                            0 | 1 => {
+                                let ctx = Ctx::at(addr(0), Duration::ZERO);
+                                if let Some(p) = lb.scheduler().pick(&snap, &ctx) {
+                                    open.push(p.connect());
+                                }
+                            }
+                            2 => open.push(snap.members()[rng.next(64) as usize].connect()),
+                            3 if !open.is_empty() => {
+                                let k = rng.next(open.len() as u64) as usize;
+                                open[k].idle();
+                            }
+                            _ if !open.is_empty() => {
+                                let k = rng.next(open.len() as u64) as usize;
+                                drop(open.swap_remove(k));
+                            }
+                            _ => {}
+                        }
+                    }
+                    kept.lock().extend(open);
+                });
+            }
+            s.spawn(|| {
+                let mut rng = Mix(99);
+                for _ in 0..200 {
+                    let id = pool.load().members()[rng.next(64) as usize].id();
+                    if rng.next(2) == 0 {
+                        pool.set_weight(id, rng.next(5)).unwrap();
+                    } else {
+                        let h = [Health::Up, Health::Down][rng.next(2) as usize];
+                        pool.set_health(id, h).unwrap();
+                    }
+                }
+            });
+        });
+        let snap = pool.load();
+        let ctx = Ctx::at(addr(0), Duration::ZERO);
+        let fast = lb.scheduler().pick(&snap, &ctx).map(|p| p.member().id());
+        let scan = lb
+            .scheduler()
+            .explain(&snap, &ctx, &mut Explain::new())
+            .map(|p| p.member().id());
+        let want = oracle(sched, &snap, &ctx, &mut Memory::default()).map(Member::id);
+        assert_eq!(
+            fast, scan,
+            "{sched}: index and scan disagree after concurrent changes"
+        );
+        assert_eq!(fast, want, "{sched}");
+        assert!(!kept.lock().is_empty(), "some connections stay open");
+    }
+}
