@@ -438,7 +438,6 @@ impl Config {
             max_idle_per_backend: self
                 .keepalive
                 .unwrap_or(ForwardConfig::default().max_idle_per_backend),
-            ..ForwardConfig::default()
         }
     }
 }
