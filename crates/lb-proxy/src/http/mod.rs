@@ -28,6 +28,7 @@ mod forward;
 pub(crate) mod headers;
 mod idle;
 mod pages;
+mod pool;
 mod redirect;
 mod server;
 mod upgrade;
