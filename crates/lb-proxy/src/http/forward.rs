@@ -9,6 +9,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::upgrade::OnUpgrade;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, Parts};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -164,45 +168,103 @@ where
         if let Err(e) = prepare(&mut req, &up, &self.config, upgrading) {
             return Box::pin(std::future::ready(Err(e.into())));
         }
-        let pool = self.pool.clone();
-        let config = self.config.clone();
-        Box::pin(async move {
-            let sent = pool.send(up.addr, req);
-            let resp = match config.response_timeout {
-                Some(limit) => match tokio::time::timeout(limit, sent).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        let msg = format!("no response head within {limit:?}");
-                        return Err(OutcomeError::new(Outcome::Timeout, msg).into());
-                    }
-                },
-                None => sent.await,
-            };
-            let mut resp = resp?;
-            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-            match client_upgrade {
-                Some(client_side) if switching => {
-                    let backend_side = hyper::upgrade::on(&mut resp);
-                    tokio::spawn(upgrade::tunnel(
-                        client_side,
-                        backend_side,
-                        up.lease.clone(),
-                        up.name.clone(),
-                    ));
-                    strip_hop_by_hop(resp.headers_mut(), true);
-                }
-                None if switching => {
-                    let msg =
-                        "the backend switched protocols on a request that asked for no switch";
-                    return Err(OutcomeError::new(Outcome::Broken, msg).into());
-                }
-                _ => strip_hop_by_hop(resp.headers_mut(), false),
-            }
-            *resp.version_mut() = Version::HTTP_11;
-            let idle = config.idle_timeout;
-            Ok(resp.map(|b| IdleBody::new(b, idle)))
+        Box::pin(Forwarding {
+            sent: self.pool.send(up.addr, req),
+            sleep: None,
+            limit: self.config.response_timeout,
+            armed: false,
+            up,
+            client_upgrade,
+            idle: self.config.idle_timeout,
         })
     }
+}
+
+pin_project! {
+    /// A request on its way: the response head within the response
+    /// timeout, then the response prepared for the client. Written out
+    /// rather than as an `async` block, whose captured request would take
+    /// room in the (boxed) future for its whole life.
+    struct Forwarding<F> {
+        #[pin]
+        sent: F,
+        // Made at the first poll.
+        #[pin]
+        sleep: Option<Sleep>,
+        limit: Option<Duration>,
+        armed: bool,
+        up: Upstream,
+        client_upgrade: Option<OnUpgrade>,
+        idle: Option<Duration>,
+    }
+}
+
+impl<F> Future for Forwarding<F>
+where
+    F: Future<Output = Result<Response<Incoming>, BoxError>>,
+{
+    type Output = Result<Response<IdleBody<Incoming>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if !*this.armed {
+            *this.armed = true;
+            if let Some(deadline) = this.limit.and_then(|l| Instant::now().checked_add(l)) {
+                this.sleep.set(Some(tokio::time::sleep_until(deadline)));
+            }
+        }
+        let resp = match this.sent.poll(cx) {
+            Poll::Ready(resp) => resp?,
+            Poll::Pending => {
+                let expired = this
+                    .sleep
+                    .as_pin_mut()
+                    .is_some_and(|s| s.poll(cx).is_ready());
+                if !expired {
+                    return Poll::Pending;
+                }
+                let limit = this.limit.unwrap_or_default();
+                let msg = format!("no response head within {limit:?}");
+                return Poll::Ready(Err(OutcomeError::new(Outcome::Timeout, msg).into()));
+            }
+        };
+        Poll::Ready(respond(
+            resp,
+            this.client_upgrade.take(),
+            this.up,
+            *this.idle,
+        ))
+    }
+}
+
+/// The backend's response as the client gets it: a protocol switch joined,
+/// hop-by-hop headers removed, HTTP/1.1, the body under the idle timeout.
+fn respond(
+    mut resp: Response<Incoming>,
+    client_upgrade: Option<OnUpgrade>,
+    up: &Upstream,
+    idle: Option<Duration>,
+) -> Result<Response<IdleBody<Incoming>>, BoxError> {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    match client_upgrade {
+        Some(client_side) if switching => {
+            let backend_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(upgrade::tunnel(
+                client_side,
+                backend_side,
+                up.lease.clone(),
+                up.name.clone(),
+            ));
+            strip_hop_by_hop(resp.headers_mut(), true);
+        }
+        None if switching => {
+            let msg = "the backend switched protocols on a request that asked for no switch";
+            return Err(OutcomeError::new(Outcome::Broken, msg).into());
+        }
+        _ => strip_hop_by_hop(resp.headers_mut(), false),
+    }
+    *resp.version_mut() = Version::HTTP_11;
+    Ok(resp.map(|b| IdleBody::new(b, idle)))
 }
 
 /// Rewrite a client's request for the backend.

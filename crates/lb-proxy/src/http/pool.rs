@@ -13,18 +13,23 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
 use lb_core::Outcome;
+use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -94,32 +99,52 @@ where
     }
 
     /// Send `req` (in origin form) to `addr` on a pooled connection, or a
-    /// new one, and wait for the response head.
-    pub(crate) async fn send(
-        &self,
-        addr: SocketAddr,
-        mut req: Request<B>,
-    ) -> Result<Response<Incoming>, BoxError> {
-        loop {
-            let (mut tx, reused) = match self.inner.take(addr) {
-                Some(tx) => (tx, true),
-                // Boxed: the rare path would otherwise make every
-                // request's future (moved around by value) much larger.
-                None => (Box::pin(self.connect(addr)).await?, false),
-            };
-            match tx.try_send_request(req).await {
-                Ok(resp) => {
-                    self.release(addr, tx);
-                    return Ok(resp);
-                }
-                Err(mut e) => match e.take_message() {
-                    // The backend closed a kept-alive connection before the
-                    // request went out: nothing was sent, try another one.
-                    Some(again) if reused => req = again,
-                    _ => return Err(e.into_error().into()),
-                },
+    /// new one; the future resolves to the response head.
+    ///
+    /// With an idle connection at hand (the usual case) the request is
+    /// handed to it at once, and the future stays small (it is boxed and
+    /// moved with every request); connecting, and sending again after a
+    /// reused connection closed, run in a boxed future of their own.
+    pub(crate) fn send(&self, addr: SocketAddr, req: Request<B>) -> Sending<B, impl SendFuture<B>> {
+        let (tx, first, slow) = match self.inner.take(addr) {
+            Some(mut tx) => {
+                let first = tx.try_send_request(req);
+                (Some(tx), Some(first), None)
             }
+            None => (None, None, Some(self.clone().send_slow(addr, req))),
+        };
+        Sending {
+            first,
+            tx,
+            slow,
+            pool: self.clone(),
+            addr,
         }
+    }
+
+    /// Send on an idle connection or a new one, again while a reused one
+    /// turns out closed before the request went out.
+    fn send_slow(self, addr: SocketAddr, mut req: Request<B>) -> SlowFuture {
+        Box::pin(async move {
+            loop {
+                let (mut tx, reused) = match self.inner.take(addr) {
+                    Some(tx) => (tx, true),
+                    None => (self.connect(addr).await?, false),
+                };
+                match tx.try_send_request(req).await {
+                    Ok(resp) => {
+                        self.release(addr, tx);
+                        return Ok(resp);
+                    }
+                    Err(mut e) => match e.take_message() {
+                        // The backend closed a kept-alive connection before
+                        // the request went out: nothing was sent, try another.
+                        Some(again) if reused => req = again,
+                        _ => return Err(e.into_error().into()),
+                    },
+                }
+            }
+        })
     }
 
     /// A new connection to `addr`, its driver task spawned.
@@ -229,6 +254,70 @@ impl<B> Inner<B> {
             list.retain(|e| !e.tx.is_closed() && now.saturating_duration_since(e.since) <= timeout);
             !list.is_empty()
         });
+    }
+}
+
+/// The future of [`Pool::send`]'s first try on an idle connection.
+pub(crate) trait SendFuture<B>:
+    Future<Output = Result<Response<Incoming>, TrySendError<Request<B>>>> + Send + 'static
+{
+}
+
+impl<B, F> SendFuture<B> for F where
+    F: Future<Output = Result<Response<Incoming>, TrySendError<Request<B>>>> + Send + 'static
+{
+}
+
+type SlowFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+
+pin_project! {
+    /// The response head of a request sent by [`Pool::send`].
+    pub(crate) struct Sending<B, F> {
+        #[pin]
+        first: Option<F>,
+        tx: Option<SendRequest<B>>,
+        slow: Option<SlowFuture>,
+        pool: Pool<B>,
+        addr: SocketAddr,
+    }
+}
+
+impl<B, F> Future for Sending<B, F>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    F: SendFuture<B>,
+{
+    type Output = Result<Response<Incoming>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Some(first) = this.first.as_mut().as_pin_mut() {
+            let res = ready!(first.poll(cx));
+            this.first.set(None);
+            match res {
+                Ok(resp) => {
+                    if let Some(tx) = this.tx.take() {
+                        this.pool.release(*this.addr, tx);
+                    }
+                    return Poll::Ready(Ok(resp));
+                }
+                Err(mut e) => match e.take_message() {
+                    // The idle connection closed before the request went
+                    // out: send it on a new one (or another idle one).
+                    Some(again) => {
+                        let retry = this.pool.clone().send_slow(*this.addr, again);
+                        *this.slow = Some(retry);
+                    }
+                    None => return Poll::Ready(Err(e.into_error().into())),
+                },
+            }
+        }
+        match this.slow.as_mut() {
+            Some(slow) => slow.as_mut().poll(cx),
+            None => Poll::Ready(Err("request polled after completion".into())),
+        }
     }
 }
 
