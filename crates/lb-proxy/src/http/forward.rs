@@ -9,18 +9,20 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::upgrade::OnUpgrade;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::uri::{Authority, Parts};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use lb_core::Outcome;
 use tower_service::Service;
 
 use super::headers::{add_forwarded, connection_has, strip_hop_by_hop};
 use super::idle::IdleBody;
+use super::pool::Pool;
 use super::upgrade;
 use crate::pick::{BoxError, ClientAddr, OutcomeError, Upstream, UpstreamBody};
 
@@ -74,8 +76,8 @@ impl Default for ForwardConfig {
 /// Forwards a request to the backend in its [`Upstream`] extension: the
 /// inner service of [`Balance`](crate::Balance) for HTTP.
 ///
-/// - Connections to backends are pooled and kept alive (hyper-util's
-///   client); requests go to backends as HTTP/1.1 whatever the client spoke.
+/// - Connections to backends are pooled per backend address and kept
+///   alive; requests go to backends as HTTP/1.1 whatever the client spoke.
 /// - Bodies stream both ways and are never buffered whole.
 /// - Hop-by-hop headers are removed both ways (`Connection` and the
 ///   headers it names, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`,
@@ -88,14 +90,14 @@ impl Default for ForwardConfig {
 /// - Errors say how the attempt failed ([`OutcomeError`]), so
 ///   [`Balance`](crate::Balance) can report and retry.
 pub struct Forward<B = Incoming> {
-    client: Client<HttpConnector, UpstreamBody<B>>,
+    pool: Pool<UpstreamBody<B>>,
     config: Arc<ForwardConfig>,
 }
 
 impl<B> Clone for Forward<B> {
     fn clone(&self) -> Self {
         Forward {
-            client: self.client.clone(),
+            pool: self.pool.clone(),
             config: self.config.clone(),
         }
     }
@@ -117,18 +119,12 @@ where
 {
     /// A forwarder with its own connection pool.
     pub fn new(config: ForwardConfig) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(config.connect_timeout);
-        http.set_nodelay(true);
-        http.enforce_http(true);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.idle_timeout)
-            .pool_max_idle_per_host(config.max_idle_per_backend)
-            .set_host(false);
         Forward {
-            client: builder.build(http),
+            pool: Pool::new(
+                config.max_idle_per_backend,
+                config.idle_timeout,
+                config.connect_timeout,
+            ),
             config: Arc::new(config),
         }
     }
@@ -172,44 +168,103 @@ where
         if let Err(e) = prepare(&mut req, &up, &self.config, upgrading) {
             return Box::pin(std::future::ready(Err(e.into())));
         }
-        let sent = self.client.request(req);
-        let config = self.config.clone();
-        Box::pin(async move {
-            let resp = match config.response_timeout {
-                Some(limit) => match tokio::time::timeout(limit, sent).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        let msg = format!("no response head within {limit:?}");
-                        return Err(OutcomeError::new(Outcome::Timeout, msg).into());
-                    }
-                },
-                None => sent.await,
-            };
-            let mut resp = resp?;
-            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-            match client_upgrade {
-                Some(client_side) if switching => {
-                    let backend_side = hyper::upgrade::on(&mut resp);
-                    tokio::spawn(upgrade::tunnel(
-                        client_side,
-                        backend_side,
-                        up.lease.clone(),
-                        up.name.clone(),
-                    ));
-                    strip_hop_by_hop(resp.headers_mut(), true);
-                }
-                None if switching => {
-                    let msg =
-                        "the backend switched protocols on a request that asked for no switch";
-                    return Err(OutcomeError::new(Outcome::Broken, msg).into());
-                }
-                _ => strip_hop_by_hop(resp.headers_mut(), false),
-            }
-            *resp.version_mut() = Version::HTTP_11;
-            let idle = config.idle_timeout;
-            Ok(resp.map(|b| IdleBody::new(b, idle)))
+        Box::pin(Forwarding {
+            sent: self.pool.send(up.addr, req),
+            sleep: None,
+            limit: self.config.response_timeout,
+            armed: false,
+            up,
+            client_upgrade,
+            idle: self.config.idle_timeout,
         })
     }
+}
+
+pin_project! {
+    /// A request on its way: the response head within the response
+    /// timeout, then the response prepared for the client. Written out
+    /// rather than as an `async` block, whose captured request would take
+    /// room in the (boxed) future for its whole life.
+    struct Forwarding<F> {
+        #[pin]
+        sent: F,
+        // Made at the first poll.
+        #[pin]
+        sleep: Option<Sleep>,
+        limit: Option<Duration>,
+        armed: bool,
+        up: Upstream,
+        client_upgrade: Option<OnUpgrade>,
+        idle: Option<Duration>,
+    }
+}
+
+impl<F> Future for Forwarding<F>
+where
+    F: Future<Output = Result<Response<Incoming>, BoxError>>,
+{
+    type Output = Result<Response<IdleBody<Incoming>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if !*this.armed {
+            *this.armed = true;
+            if let Some(deadline) = this.limit.and_then(|l| Instant::now().checked_add(l)) {
+                this.sleep.set(Some(tokio::time::sleep_until(deadline)));
+            }
+        }
+        let resp = match this.sent.poll(cx) {
+            Poll::Ready(resp) => resp?,
+            Poll::Pending => {
+                let expired = this
+                    .sleep
+                    .as_pin_mut()
+                    .is_some_and(|s| s.poll(cx).is_ready());
+                if !expired {
+                    return Poll::Pending;
+                }
+                let limit = this.limit.unwrap_or_default();
+                let msg = format!("no response head within {limit:?}");
+                return Poll::Ready(Err(OutcomeError::new(Outcome::Timeout, msg).into()));
+            }
+        };
+        Poll::Ready(respond(
+            resp,
+            this.client_upgrade.take(),
+            this.up,
+            *this.idle,
+        ))
+    }
+}
+
+/// The backend's response as the client gets it: a protocol switch joined,
+/// hop-by-hop headers removed, HTTP/1.1, the body under the idle timeout.
+fn respond(
+    mut resp: Response<Incoming>,
+    client_upgrade: Option<OnUpgrade>,
+    up: &Upstream,
+    idle: Option<Duration>,
+) -> Result<Response<IdleBody<Incoming>>, BoxError> {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    match client_upgrade {
+        Some(client_side) if switching => {
+            let backend_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(upgrade::tunnel(
+                client_side,
+                backend_side,
+                up.lease.clone(),
+                up.name.clone(),
+            ));
+            strip_hop_by_hop(resp.headers_mut(), true);
+        }
+        None if switching => {
+            let msg = "the backend switched protocols on a request that asked for no switch";
+            return Err(OutcomeError::new(Outcome::Broken, msg).into());
+        }
+        _ => strip_hop_by_hop(resp.headers_mut(), false),
+    }
+    *resp.version_mut() = Version::HTTP_11;
+    Ok(resp.map(|b| IdleBody::new(b, idle)))
 }
 
 /// Rewrite a client's request for the backend.
@@ -248,39 +303,60 @@ fn prepare<B>(
             add_forwarded(headers, client, "http");
         }
     }
-    *req.uri_mut() = backend_uri(req.uri(), up.addr)?;
+    if let Some(uri) = backend_target(req.method(), req.uri(), up.addr)? {
+        *req.uri_mut() = uri;
+    }
     *req.version_mut() = Version::HTTP_11;
     Ok(())
 }
 
-/// `http://BACKEND/path?query` for the client.
-fn backend_uri(uri: &Uri, addr: SocketAddr) -> Result<Uri, OutcomeError> {
-    let authority = Authority::try_from(addr.to_string())
-        .map_err(|e| OutcomeError::unsent(Outcome::Broken, e))?;
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority);
-    parts.path_and_query = Some(
-        uri.path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(parts).map_err(|e| OutcomeError::unsent(Outcome::Broken, e))
+/// The request target sent to the backend, when it is not the client's as
+/// is: the origin form `/path?query` (an absolute-form URI loses its scheme
+/// and authority), or for CONNECT the backend's `IP:PORT`.
+fn backend_target(
+    method: &Method,
+    uri: &Uri,
+    addr: SocketAddr,
+) -> Result<Option<Uri>, OutcomeError> {
+    fn broken(e: impl Into<BoxError>) -> OutcomeError {
+        OutcomeError::unsent(Outcome::Broken, e)
+    }
+    if method == Method::CONNECT {
+        let mut parts = Parts::default();
+        parts.authority = Some(Authority::try_from(addr.to_string()).map_err(broken)?);
+        return Uri::from_parts(parts).map(Some).map_err(broken);
+    }
+    match uri.path_and_query() {
+        _ if uri.scheme().is_none() && uri.authority().is_none() => Ok(None),
+        Some(pq) if pq.as_str() != "/" => {
+            let mut parts = Parts::default();
+            parts.path_and_query = Some(pq.clone());
+            Uri::from_parts(parts).map(Some).map_err(broken)
+        }
+        _ => Ok(Some(Uri::default())),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn target(method: Method, uri: &str) -> Option<String> {
+        let addr = "[::1]:9001".parse().unwrap();
+        backend_target(&method, &uri.parse().unwrap(), addr)
+            .unwrap()
+            .map(|u| u.to_string())
+    }
+
     #[test]
-    fn backend_uri_keeps_path_and_query() {
-        let u = backend_uri(&"/a/b?c=1".parse().unwrap(), "[::1]:9001".parse().unwrap()).unwrap();
-        assert_eq!(u, "http://[::1]:9001/a/b?c=1");
-        let u = backend_uri(
-            &"http://example.com".parse().unwrap(),
-            "127.0.0.1:80".parse().unwrap(),
-        )
-        .unwrap();
-        assert_eq!(u, "http://127.0.0.1:80/");
+    fn backends_get_the_origin_form() {
+        assert_eq!(target(Method::GET, "/a/b?c=1"), None, "kept as is");
+        assert_eq!(target(Method::OPTIONS, "*"), None, "kept as is");
+        let abs = target(Method::GET, "http://example.com/a/b?c=1");
+        assert_eq!(abs.as_deref(), Some("/a/b?c=1"));
+        let bare = target(Method::GET, "http://example.com");
+        assert_eq!(bare.as_deref(), Some("/"));
+        let connect = target(Method::CONNECT, "example.com:443");
+        assert_eq!(connect.as_deref(), Some("[::1]:9001"));
     }
 }

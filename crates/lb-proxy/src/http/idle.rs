@@ -19,9 +19,10 @@ pin_project! {
     pub struct IdleBody<B> {
         #[pin]
         body: B,
+        // Made at the first wait: most small bodies never wait.
         #[pin]
         sleep: Option<Sleep>,
-        limit: Duration,
+        limit: Option<Duration>,
         waiting: bool,
     }
 }
@@ -31,8 +32,8 @@ impl<B> IdleBody<B> {
     pub fn new(body: B, limit: Option<Duration>) -> Self {
         IdleBody {
             body,
-            sleep: limit.map(|l| tokio::time::sleep(l)),
-            limit: limit.unwrap_or(Duration::MAX),
+            sleep: None,
+            limit,
             waiting: false,
         }
     }
@@ -58,29 +59,39 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
+        let mut this = self.project();
         match this.body.poll_frame(cx) {
             Poll::Ready(frame) => {
                 *this.waiting = false;
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))
             }
-            Poll::Pending => match this.sleep.as_pin_mut() {
-                Some(mut sleep) => {
-                    // Only time spent waiting on the source counts, not
-                    // time the reader took between frames.
-                    if !*this.waiting {
-                        *this.waiting = true;
-                        sleep.as_mut().reset(Instant::now() + *this.limit);
+            Poll::Pending => {
+                let Some(limit) = *this.limit else {
+                    return Poll::Pending;
+                };
+                // Only time spent waiting on the source counts, not time
+                // the reader took between frames.
+                if !*this.waiting {
+                    *this.waiting = true;
+                    let Some(deadline) = Instant::now().checked_add(limit) else {
+                        return Poll::Pending; // too far to ever come
+                    };
+                    match this.sleep.as_mut().as_pin_mut() {
+                        Some(sleep) => sleep.reset(deadline),
+                        None => this.sleep.set(Some(tokio::time::sleep_until(deadline))),
                     }
-                    if sleep.poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                    let msg = format!("backend sent nothing for {:?}", this.limit);
-                    let e = OutcomeError::new(lb_core::Outcome::Timeout, msg);
-                    Poll::Ready(Some(Err(e.into())))
                 }
-                None => Poll::Pending,
-            },
+                let fired = this
+                    .sleep
+                    .as_pin_mut()
+                    .is_some_and(|s| s.poll(cx).is_ready());
+                if !fired {
+                    return Poll::Pending;
+                }
+                let msg = format!("backend sent nothing for {limit:?}");
+                let e = OutcomeError::new(lb_core::Outcome::Timeout, msg);
+                Poll::Ready(Some(Err(e.into())))
+            }
         }
     }
 

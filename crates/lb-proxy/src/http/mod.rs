@@ -29,6 +29,7 @@ mod forward;
 pub(crate) mod headers;
 mod idle;
 mod pages;
+mod pool;
 mod redirect;
 mod server;
 mod upgrade;

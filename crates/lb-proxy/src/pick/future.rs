@@ -21,6 +21,7 @@ use super::body::{Lease, LeasedBody, Upstream, UpstreamBody};
 use super::error::{classify_sent, BoxError, Error};
 use super::policy::{is_idempotent, status_is_failure, MAX_TRIES};
 use super::service::{Head, Shared};
+use super::{ClientAddr, LocalAddr};
 
 /// A request head kept to send the request again.
 struct Replay {
@@ -28,7 +29,44 @@ struct Replay {
     uri: Uri,
     version: Version,
     headers: HeaderMap,
-    extensions: Extensions,
+    extensions: Kept,
+}
+
+/// A request's extensions, kept for a replay.
+enum Kept {
+    /// Only the addresses [`Server`](crate::http::Server) puts in every
+    /// request (the usual case): copied, with no map or boxes to clone.
+    Addrs(Option<ClientAddr>, Option<LocalAddr>),
+    /// Anything else: the whole map.
+    All(Extensions),
+}
+
+impl Kept {
+    fn new(ext: &Extensions) -> Self {
+        let client = ext.get::<ClientAddr>().copied();
+        let local = ext.get::<LocalAddr>().copied();
+        if ext.len() == usize::from(client.is_some()) + usize::from(local.is_some()) {
+            Kept::Addrs(client, local)
+        } else {
+            Kept::All(ext.clone())
+        }
+    }
+
+    fn to_extensions(&self) -> Extensions {
+        match self {
+            Kept::Addrs(client, local) => {
+                let mut ext = Extensions::new();
+                if let Some(c) = client {
+                    ext.insert(*c);
+                }
+                if let Some(l) = local {
+                    ext.insert(*l);
+                }
+                ext
+            }
+            Kept::All(ext) => ext.clone(),
+        }
+    }
 }
 
 impl Replay {
@@ -38,7 +76,7 @@ impl Replay {
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
         *req.headers_mut() = self.headers.clone();
-        *req.extensions_mut() = self.extensions.clone();
+        *req.extensions_mut() = self.extensions.to_extensions();
         req.extensions_mut().insert(upstream);
         req
     }
@@ -143,7 +181,7 @@ where
             uri: parts.uri.clone(),
             version: parts.version,
             headers: parts.headers.clone(),
-            extensions: parts.extensions.clone(),
+            extensions: Kept::new(&parts.extensions),
         });
         let (up, current) = upstream(conn);
         let client_failed = Arc::new(AtomicBool::new(false));
@@ -344,5 +382,42 @@ impl<S, B> Attempts<S, B> {
         self.next = Some(replay.request(up));
         self.current = Some(cur);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq)]
+    struct Other(u8);
+
+    #[test]
+    fn replayed_extensions_equal_the_originals() {
+        let client = ClientAddr("192.0.2.1:5000".parse().unwrap());
+        let local = LocalAddr("127.0.0.1:80".parse().unwrap());
+        let mut ext = Extensions::new();
+        ext.insert(client);
+        ext.insert(local);
+        let kept = Kept::new(&ext);
+        assert!(matches!(kept, Kept::Addrs(Some(_), Some(_))));
+        let again = kept.to_extensions();
+        assert_eq!(again.len(), 2);
+        assert_eq!(again.get::<ClientAddr>(), Some(&client));
+        assert_eq!(again.get::<LocalAddr>(), Some(&local));
+
+        ext.insert(Other(7));
+        let kept = Kept::new(&ext);
+        assert!(
+            matches!(kept, Kept::All(_)),
+            "an unknown extension keeps the map"
+        );
+        let again = kept.to_extensions();
+        assert_eq!(again.len(), 3);
+        assert_eq!(again.get::<Other>(), Some(&Other(7)));
+        assert_eq!(again.get::<ClientAddr>(), Some(&client));
+
+        let none = Kept::new(&Extensions::new()).to_extensions();
+        assert!(none.is_empty());
     }
 }

@@ -1,0 +1,384 @@
+//! Keep-alive HTTP/1.1 connections to backends, pooled per backend address
+//! (what hyper-util's legacy client did for [`Forward`](super::Forward),
+//! without its per-request costs: no URI authority to build and compare, no
+//! SipHash of a `(scheme, authority)` key, no boxed checkout-or-connect race).
+//!
+//! Semantics kept from the legacy client: the most recently pooled
+//! connection is used first; idle connections expire after the idle timeout
+//! (checked at checkout and by a sweep every `max(timeout, 90 ms)`); at most
+//! `max_idle` are kept per backend; a connection goes back to the pool once
+//! it can take another request (at once for a small response, else when its
+//! body has been read); a request that a reused connection closed before
+//! sending it is sent again on another connection.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::TrySendError;
+use hyper_util::rt::TokioIo;
+use lb_core::Outcome;
+use pin_project_lite::pin_project;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::pick::{BoxError, OutcomeError};
+
+/// The idle sweep never runs more often than this (as hyper-util's pool).
+const MIN_SWEEP: Duration = Duration::from_millis(90);
+
+/// Connections to backends, shared by every clone of a `Forward`.
+pub(crate) struct Pool<B> {
+    inner: Arc<Inner<B>>,
+}
+
+impl<B> Clone for Pool<B> {
+    fn clone(&self) -> Self {
+        Pool {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for Pool<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("max_idle", &self.inner.max_idle)
+            .field("idle_timeout", &self.inner.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<B> {
+    idle: Mutex<IdleMap<B>>,
+    max_idle: usize,
+    idle_timeout: Option<Duration>,
+    connect_timeout: Option<Duration>,
+    sweeping: AtomicBool,
+}
+
+type IdleMap<B> = HashMap<SocketAddr, Vec<Idle<B>>, BuildHasherDefault<AddrHasher>>;
+
+struct Idle<B> {
+    tx: SendRequest<B>,
+    since: Instant,
+}
+
+impl<B> Pool<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// An empty pool.
+    pub(crate) fn new(
+        max_idle: usize,
+        idle_timeout: Option<Duration>,
+        connect_timeout: Option<Duration>,
+    ) -> Self {
+        Pool {
+            inner: Arc::new(Inner {
+                idle: Mutex::new(HashMap::default()),
+                max_idle,
+                idle_timeout,
+                connect_timeout,
+                sweeping: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Send `req` (in origin form) to `addr` on a pooled connection, or a
+    /// new one; the future resolves to the response head.
+    ///
+    /// With an idle connection at hand (the usual case) the request is
+    /// handed to it at once, and the future stays small (it is boxed and
+    /// moved with every request); connecting, and sending again after a
+    /// reused connection closed, run in a boxed future of their own.
+    pub(crate) fn send(&self, addr: SocketAddr, req: Request<B>) -> Sending<B, impl SendFuture<B>> {
+        let (tx, first, slow) = match self.inner.take(addr) {
+            Some(mut tx) => {
+                let first = tx.try_send_request(req);
+                (Some(tx), Some(first), None)
+            }
+            None => (None, None, Some(self.clone().send_slow(addr, req))),
+        };
+        Sending {
+            first,
+            tx,
+            slow,
+            pool: self.clone(),
+            addr,
+        }
+    }
+
+    /// Send on an idle connection or a new one, again while a reused one
+    /// turns out closed before the request went out.
+    fn send_slow(self, addr: SocketAddr, mut req: Request<B>) -> SlowFuture {
+        Box::pin(async move {
+            loop {
+                let (mut tx, reused) = match self.inner.take(addr) {
+                    Some(tx) => (tx, true),
+                    None => (self.connect(addr).await?, false),
+                };
+                match tx.try_send_request(req).await {
+                    Ok(resp) => {
+                        self.release(addr, tx);
+                        return Ok(resp);
+                    }
+                    Err(mut e) => match e.take_message() {
+                        // The backend closed a kept-alive connection before
+                        // the request went out: nothing was sent, try another.
+                        Some(again) if reused => req = again,
+                        _ => return Err(e.into_error().into()),
+                    },
+                }
+            }
+        })
+    }
+
+    /// A new connection to `addr`, its driver task spawned.
+    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<B>, BoxError> {
+        let connecting = TcpStream::connect(addr);
+        let stream = match self.inner.connect_timeout {
+            Some(limit) => match tokio::time::timeout(limit, connecting).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let e = io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connect to {addr} timed out after {limit:?}"),
+                    );
+                    return Err(OutcomeError::unsent(Outcome::Timeout, e).into());
+                }
+            },
+            None => connecting.await,
+        }
+        .map_err(|e| OutcomeError::unsent(Outcome::ConnectFailed, e))?;
+        let _ = stream.set_nodelay(true);
+        let (mut tx, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(backend = %addr, error = %e, "backend connection ended with an error");
+            }
+        });
+        self.start_sweep();
+        tx.ready().await?;
+        Ok(tx)
+    }
+
+    /// Give a connection back once it can take another request.
+    fn release(&self, addr: SocketAddr, mut tx: SendRequest<B>) {
+        if tx.is_ready() {
+            self.inner.put(addr, tx);
+        } else if !tx.is_closed() && self.inner.max_idle > 0 {
+            // Its response body is still to be read.
+            let pool = Arc::downgrade(&self.inner);
+            tokio::spawn(async move {
+                if tx.ready().await.is_ok() {
+                    if let Some(pool) = pool.upgrade() {
+                        pool.put(addr, tx);
+                    }
+                }
+            });
+        }
+    }
+
+    /// Close expired idle connections from time to time, while the pool lives.
+    fn start_sweep(&self) {
+        let Some(timeout) = self.inner.idle_timeout.filter(|t| !t.is_zero()) else {
+            return;
+        };
+        if self.inner.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let every = timeout.max(MIN_SWEEP);
+        let pool: Weak<Inner<B>> = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+            loop {
+                ticks.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.sweep(timeout);
+            }
+        });
+    }
+}
+
+impl<B> Inner<B> {
+    fn lock(&self) -> MutexGuard<'_, IdleMap<B>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn expired(&self, since: Instant, now: Instant) -> bool {
+        self.idle_timeout
+            .is_some_and(|t| now.saturating_duration_since(since) > t)
+    }
+
+    /// The most recently pooled live connection to `addr`; expired and
+    /// closed ones met on the way are dropped.
+    fn take(&self, addr: SocketAddr) -> Option<SendRequest<B>> {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        let list = idle.get_mut(&addr)?;
+        while let Some(e) = list.pop() {
+            if e.tx.is_ready() && !self.expired(e.since, now) {
+                return Some(e.tx);
+            }
+        }
+        None
+    }
+
+    fn put(&self, addr: SocketAddr, tx: SendRequest<B>) {
+        let since = Instant::now();
+        let mut idle = self.lock();
+        let list = idle.entry(addr).or_default();
+        if list.len() < self.max_idle {
+            list.push(Idle { tx, since });
+        }
+    }
+
+    fn sweep(&self, timeout: Duration) {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        idle.retain(|_, list| {
+            list.retain(|e| !e.tx.is_closed() && now.saturating_duration_since(e.since) <= timeout);
+            !list.is_empty()
+        });
+    }
+}
+
+/// The future of [`Pool::send`]'s first try on an idle connection.
+pub(crate) trait SendFuture<B>:
+    Future<Output = Result<Response<Incoming>, TrySendError<Request<B>>>> + Send + 'static
+{
+}
+
+impl<B, F> SendFuture<B> for F where
+    F: Future<Output = Result<Response<Incoming>, TrySendError<Request<B>>>> + Send + 'static
+{
+}
+
+type SlowFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+
+pin_project! {
+    /// The response head of a request sent by [`Pool::send`].
+    pub(crate) struct Sending<B, F> {
+        #[pin]
+        first: Option<F>,
+        tx: Option<SendRequest<B>>,
+        slow: Option<SlowFuture>,
+        pool: Pool<B>,
+        addr: SocketAddr,
+    }
+}
+
+impl<B, F> Future for Sending<B, F>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    F: SendFuture<B>,
+{
+    type Output = Result<Response<Incoming>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Some(first) = this.first.as_mut().as_pin_mut() {
+            let res = ready!(first.poll(cx));
+            this.first.set(None);
+            match res {
+                Ok(resp) => {
+                    if let Some(tx) = this.tx.take() {
+                        this.pool.release(*this.addr, tx);
+                    }
+                    return Poll::Ready(Ok(resp));
+                }
+                Err(mut e) => match e.take_message() {
+                    // The idle connection closed before the request went
+                    // out: send it on a new one (or another idle one).
+                    Some(again) => {
+                        let retry = this.pool.clone().send_slow(*this.addr, again);
+                        *this.slow = Some(retry);
+                    }
+                    None => return Poll::Ready(Err(e.into_error().into())),
+                },
+            }
+        }
+        match this.slow.as_mut() {
+            Some(slow) => slow.as_mut().poll(cx),
+            None => Poll::Ready(Err("request polled after completion".into())),
+        }
+    }
+}
+
+/// FxHash over the address's bytes: a few multiplications, not SipHash (the
+/// keys are the configured backends, not attacker-chosen).
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u16(&mut self, i: u16) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+}
+
+impl AddrHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn addresses_hash_apart() {
+        let h = BuildHasherDefault::<AddrHasher>::default();
+        let a: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:9002".parse().unwrap();
+        let c: SocketAddr = "[::1]:9001".parse().unwrap();
+        assert_ne!(h.hash_one(a), h.hash_one(b));
+        assert_ne!(h.hash_one(a), h.hash_one(c));
+        assert_eq!(h.hash_one(a), h.hash_one(a));
+    }
+}
