@@ -295,12 +295,14 @@ impl Member {
 
     /// Open a connection on this backend now, whatever its limit: the
     /// returned guard counts it active until it is idled or dropped.
+    #[inline]
     pub fn connect(&self) -> ConnGuard {
         ConnGuard::open(self.counters.clone(), None)
     }
 
     /// Open a connection only if it fits under `max_conns`, reserving the
     /// slot atomically (several threads can never overshoot the limit).
+    #[inline]
     pub fn try_connect(&self) -> Option<ConnGuard> {
         ConnGuard::try_open(self.counters.clone(), self.max_conns, None)
     }

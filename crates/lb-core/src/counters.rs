@@ -8,6 +8,18 @@ use crate::watch::Board;
 const ONE_ACTIVE: u64 = 1 << 32;
 const ONE_INACTIVE: u64 = 1;
 const LOW: u64 = 0xFFFF_FFFF;
+/// The top bit of the packed word: a load watch follows these counters, so
+/// a change must be reported. Kept in the word itself so that the change's
+/// own read-modify-write tells, with no further read.
+const WATCHED: u64 = 1 << 63;
+/// `active` without the [`WATCHED`] bit (up to 2^31 - 1 connections).
+const ACTIVE: u64 = 0x7FFF_FFFF;
+
+/// `(active, inactive)` of a packed word.
+#[inline]
+fn unpack(v: u64) -> (u32, u32) {
+    (((v >> 32) & ACTIVE) as u32, (v & LOW) as u32)
+}
 
 /// Live counters of one backend.
 ///
@@ -19,23 +31,23 @@ const LOW: u64 = 0xFFFF_FFFF;
 /// them.
 ///
 /// The counters of a pool's backend tell the pool's
-/// [`LoadWatch`](crate::LoadWatch), if one is installed, about every change
+/// [`LoadWatch`](crate::LoadWatch), if one follows them, about every change
 /// of `active` and `inactive`.
 #[derive(Debug, Default)]
 pub struct Counters {
     conns: AtomicU64,
+    total: AtomicU64,
     /// The pool's watch board (none for counters made outside a pool).
     board: Option<Arc<Board>>,
-    /// The board generation and position under which the watch follows
-    /// these counters; read and written only under the board's lock.
-    watch_generation: AtomicU64,
-    watch_pos: AtomicU64,
-    total: AtomicU64,
     failures: AtomicU64,
     successes: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     latency_ewma_us: AtomicU32,
+    /// The board generation and position under which the watch follows
+    /// these counters; read and written only under the board's lock.
+    watch_generation: AtomicU64,
+    watch_pos: AtomicU64,
 }
 
 impl Counters {
@@ -53,10 +65,25 @@ impl Counters {
     }
 
     /// Record that the watch of `generation` follows these counters at
-    /// `pos`. Under the board's lock.
+    /// `pos`, and mark them watched. Under the board's lock.
     pub(crate) fn set_watch_position(&self, generation: u64, pos: usize) {
         self.watch_generation.store(generation, Ordering::Relaxed);
         self.watch_pos.store(pos as u64, Ordering::Relaxed);
+        // A change made before this read-modify-write is in the value the
+        // watch starts from; one made after it sees the bit and reports.
+        self.conns.fetch_or(WATCHED, Ordering::AcqRel);
+    }
+
+    /// Whether a watch follows these counters.
+    #[cfg(test)]
+    pub(crate) fn is_watched(&self) -> bool {
+        self.conns.load(Ordering::Relaxed) & WATCHED != 0
+    }
+
+    /// No watch follows these counters any more.
+    #[inline]
+    pub(crate) fn unwatch(&self) {
+        self.conns.fetch_and(!WATCHED, Ordering::AcqRel);
     }
 
     /// The position under which the watch of `generation` follows these
@@ -66,9 +93,17 @@ impl Counters {
             .then(|| self.watch_pos.load(Ordering::Relaxed) as usize)
     }
 
-    /// Tell the pool's watch, if any, that the connection counts changed.
-    #[inline]
-    fn changed(&self) {
+    /// The counts changed from the packed word `old`: tell the watch if the
+    /// word says one follows them.
+    #[inline(always)]
+    fn changed(&self, old: u64) {
+        if old & WATCHED != 0 {
+            self.report();
+        }
+    }
+
+    #[inline(never)]
+    fn report(&self) {
         if let Some(b) = &self.board {
             b.notify(self);
         }
@@ -77,20 +112,19 @@ impl Counters {
     /// Connections that are established and working (LVS `ActiveConn`).
     #[inline]
     pub fn active(&self) -> u32 {
-        (self.conns.load(Ordering::Relaxed) >> 32) as u32
+        self.load().0
     }
 
     /// Connections that are open but idle or closing (LVS `InActConn`).
     #[inline]
     pub fn inactive(&self) -> u32 {
-        (self.conns.load(Ordering::Relaxed) & LOW) as u32
+        self.load().1
     }
 
     /// `(active, inactive)`, read together in one atomic load.
     #[inline]
     pub fn load(&self) -> (u32, u32) {
-        let v = self.conns.load(Ordering::Relaxed);
-        ((v >> 32) as u32, (v & LOW) as u32)
+        unpack(self.conns.load(Ordering::Relaxed))
     }
 
     /// Every open connection, active or not (nginx's `conns`).
@@ -166,11 +200,9 @@ impl Counters {
 
     #[inline]
     pub(crate) fn open_active(&self) {
-        // SeqCst (the same instruction as AcqRel on x86): a load watch
-        // being installed either sees this change or is told about it.
-        self.conns.fetch_add(ONE_ACTIVE, Ordering::SeqCst);
+        let old = self.conns.fetch_add(ONE_ACTIVE, Ordering::AcqRel);
         self.total.fetch_add(1, Ordering::Relaxed);
-        self.changed();
+        self.changed(old);
     }
 
     /// Open a connection only if fewer than `limit` are open (0 = no limit).
@@ -180,45 +212,56 @@ impl Counters {
             self.open_active();
             return true;
         }
-        let ok = self
+        let r = self
             .conns
-            .fetch_update(Ordering::SeqCst, Ordering::Acquire, |v| {
-                let open = (v >> 32) + (v & LOW);
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                let (a, i) = unpack(v);
+                let open = u64::from(a) + u64::from(i);
                 (open < u64::from(limit)).then_some(v + ONE_ACTIVE)
-            })
-            .is_ok();
-        if ok {
-            self.total.fetch_add(1, Ordering::Relaxed);
-            self.changed();
+            });
+        match r {
+            Ok(old) => {
+                self.total.fetch_add(1, Ordering::Relaxed);
+                self.changed(old);
+                true
+            }
+            Err(_) => false,
         }
-        ok
     }
 
     #[inline]
     pub(crate) fn active_to_inactive(&self) {
         // One atomic step: -1 active, +1 inactive (no borrow: active >= 1).
-        self.conns
-            .fetch_sub(ONE_ACTIVE - ONE_INACTIVE, Ordering::SeqCst);
-        self.changed();
+        let old = self
+            .conns
+            .fetch_sub(ONE_ACTIVE - ONE_INACTIVE, Ordering::AcqRel);
+        self.changed(old);
     }
 
     #[inline]
     pub(crate) fn inactive_to_active(&self) {
-        self.conns
-            .fetch_add(ONE_ACTIVE - ONE_INACTIVE, Ordering::SeqCst);
-        self.changed();
+        let old = self
+            .conns
+            .fetch_add(ONE_ACTIVE - ONE_INACTIVE, Ordering::AcqRel);
+        self.changed(old);
     }
 
+    /// Close an active (`active`) or inactive connection.
     #[inline]
+    pub(crate) fn close(&self, active: bool) {
+        let one = if active { ONE_ACTIVE } else { ONE_INACTIVE };
+        let old = self.conns.fetch_sub(one, Ordering::AcqRel);
+        self.changed(old);
+    }
+
+    #[cfg(test)]
     pub(crate) fn close_active(&self) {
-        self.conns.fetch_sub(ONE_ACTIVE, Ordering::SeqCst);
-        self.changed();
+        self.close(true);
     }
 
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn close_inactive(&self) {
-        self.conns.fetch_sub(ONE_INACTIVE, Ordering::SeqCst);
-        self.changed();
+        self.close(false);
     }
 }
 
@@ -254,6 +297,32 @@ mod tests {
         );
         c.close_inactive();
         assert!(c.try_open_active(2));
+    }
+
+    #[test]
+    fn the_watched_bit_is_not_a_count() {
+        let c = Counters::new();
+        c.set_watch_position(1, 0);
+        assert_eq!(c.watch_position(1), Some(0));
+        assert_eq!(c.watch_position(2), None);
+        assert_eq!(c.load(), (0, 0));
+        assert!(c.try_open_active(2));
+        c.active_to_inactive();
+        assert!(c.try_open_active(2));
+        assert!(
+            !c.try_open_active(2),
+            "the bit does not count against the limit"
+        );
+        assert_eq!((c.active(), c.inactive(), c.conns()), (1, 1, 2));
+        c.unwatch();
+        c.close_active();
+        c.close_inactive();
+        assert_eq!(c.load(), (0, 0));
+        assert_eq!(
+            c.conns.load(Ordering::Relaxed),
+            0,
+            "nothing left in the word"
+        );
     }
 
     #[test]

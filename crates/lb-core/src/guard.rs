@@ -47,11 +47,13 @@ pub struct ConnGuard {
 }
 
 impl ConnGuard {
+    #[inline]
     pub(crate) fn open(counters: Arc<Counters>, hold: Option<Hold>) -> Self {
         counters.open_active();
         Self::attached(counters, hold)
     }
 
+    #[inline]
     pub(crate) fn try_open(
         counters: Arc<Counters>,
         limit: u32,
@@ -62,6 +64,7 @@ impl ConnGuard {
             .then(|| Self::attached(counters, hold))
     }
 
+    #[inline]
     fn attached(counters: Arc<Counters>, hold: Option<Hold>) -> Self {
         if let Some(h) = &hold {
             h.0.fetch_add(1, Ordering::AcqRel);
@@ -84,6 +87,7 @@ impl ConnGuard {
     }
 
     /// Active -> inactive (no-op if already inactive).
+    #[inline]
     pub fn idle(&mut self) {
         if self.state == ConnState::Active {
             self.counters.active_to_inactive();
@@ -92,6 +96,7 @@ impl ConnGuard {
     }
 
     /// Inactive -> active (no-op if already active).
+    #[inline]
     pub fn activate(&mut self) {
         if self.state == ConnState::Inactive {
             self.counters.inactive_to_active();
@@ -104,11 +109,9 @@ impl ConnGuard {
 }
 
 impl Drop for ConnGuard {
+    #[inline]
     fn drop(&mut self) {
-        match self.state {
-            ConnState::Active => self.counters.close_active(),
-            ConnState::Inactive => self.counters.close_inactive(),
-        }
+        self.counters.close(self.state == ConnState::Active);
         if let Some(h) = &self.hold {
             h.0.fetch_sub(1, Ordering::AcqRel);
         }
@@ -146,11 +149,13 @@ impl<'s> Pick<'s> {
     }
 
     /// Open the connection, whatever the backend's limit.
+    #[inline]
     pub fn connect(self) -> ConnGuard {
         ConnGuard::open(self.member.counters.clone(), self.hold)
     }
 
     /// Open the connection if it fits under the backend's `max_conns`.
+    #[inline]
     pub fn try_connect(self) -> Option<ConnGuard> {
         ConnGuard::try_open(
             self.member.counters.clone(),

@@ -281,7 +281,16 @@ impl Pool {
         if board.generation() == generation {
             // The preparer installed no load watch for `next`: the
             // previous one, if any, no longer follows the right backends.
-            board.clear();
+            board.clear(&next.members);
+        }
+        // Backends that left the pool stop reporting to the watch (their
+        // open connections still close into their counters).
+        let mut kept = next.members.iter().map(|m| m.id).peekable();
+        for m in &prev.members {
+            while kept.next_if(|&id| id < m.id).is_some() {}
+            if kept.peek() != Some(&m.id) {
+                m.counters.unwatch();
+            }
         }
         let version = next.version;
         self.inner.current.store(Arc::new(next));

@@ -2,7 +2,6 @@
 //! current themselves, so that a scheduler does not have to scan the pool.
 
 use std::fmt;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
@@ -42,11 +41,12 @@ pub trait LoadWatch: Send {
 
 /// The watch of one pool, shared by the pool, its snapshots and the
 /// counters of its backends.
+///
+/// Counters followed by the watch carry a bit in their packed word, so a
+/// change learns from its own read-modify-write whether to report; counters
+/// nobody follows pay nothing more.
 #[derive(Default)]
 pub(crate) struct Board {
-    /// Whether a watch is installed: the only thing a counter change reads
-    /// when none is.
-    on: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -66,24 +66,13 @@ impl std::panic::UnwindSafe for Board {}
 
 impl fmt::Debug for Board {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Board")
-            .field("on", &self.on.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
+        f.debug_struct("Board").finish_non_exhaustive()
     }
 }
 
 impl Board {
-    /// Tell the watch, if any, that `c` changed. `c`'s change must be a
-    /// sequentially consistent write made before this call (see `install`).
-    #[inline]
+    /// Tell the watch, if it follows `c`, that `c` changed.
     pub(crate) fn notify(&self, c: &Counters) {
-        if self.on.load(Ordering::SeqCst) {
-            self.notify_slow(c);
-        }
-    }
-
-    #[inline(never)]
-    fn notify_slow(&self, c: &Counters) {
         let mut st = self.state.lock();
         let st = &mut *st;
         let Some(watch) = st.watch.as_mut() else {
@@ -106,25 +95,24 @@ impl Board {
         for (i, m) in members.iter().enumerate() {
             m.counters.set_watch_position(st.generation, i);
         }
-        // A change made before a counter's notify() read `on` as false is
-        // seen by start() below: the change and that read are SeqCst, and
-        // this store and fence come before start()'s reads.
-        self.on.store(true, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
+        // Every change from here on reports (and waits for this lock);
+        // every earlier one is in what start() reads.
         watch.start(members);
         let old = st.watch.replace(watch);
         drop(st);
         drop(old);
     }
 
-    /// Remove the watch, if any.
-    pub(crate) fn clear(&self) {
+    /// Remove the watch, if any; `members` stop reporting.
+    pub(crate) fn clear(&self, members: &[Member]) {
         let mut st = self.state.lock();
         if st.watch.is_none() {
             return;
         }
         st.generation += 1;
-        self.on.store(false, Ordering::SeqCst);
+        for m in members {
+            m.counters.unwatch();
+        }
         let old = st.watch.take();
         drop(st);
         drop(old);
@@ -133,7 +121,7 @@ impl Board {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
 
     use super::*;
@@ -215,6 +203,9 @@ mod tests {
         assert_eq!(*installer.seen.lock(), [1]);
         drop(g2);
         assert_eq!(*installer.seen.lock(), [0]);
+        let gone = removed.counters().clone();
+        assert!(!gone.is_watched(), "a removed backend reports no more");
+        assert!(pool.load().members()[0].counters().is_watched());
         drop(removed);
         assert_eq!(*installer.seen.lock(), [0]);
         drop(g);
@@ -233,6 +224,7 @@ mod tests {
         installer.on.store(false, Ordering::SeqCst);
         pool.add(backend(2)).unwrap();
         assert_eq!(installer.dropped.load(Ordering::SeqCst), 1);
+        assert!(!pool.load().members()[0].counters().is_watched());
         let g = pool.load().members()[0].connect();
         assert_eq!(*installer.seen.lock(), [0], "no longer told");
         drop(g);
