@@ -115,8 +115,35 @@ fn gcd(mut a: u32, mut b: u32) -> u32 {
 #[derive(Clone, Debug)]
 pub struct Maglev {
     size: u32,
+    /// `size` as a [`Modulus`], for the remainder of every client hash.
+    modulus: Modulus,
     port: bool,
     fallback: bool,
+}
+
+/// `x mod m` for 32-bit `x` by a multiplication (Lemire, Kaser and Kurz,
+/// "Faster remainder by direct computation", 2019): exact for every `x`
+/// and every `m > 0`, without a division on the pick path.
+#[derive(Clone, Copy, Debug)]
+struct Modulus {
+    m: u32,
+    /// `ceil(2^64 / m)`.
+    c: u64,
+}
+
+impl Modulus {
+    fn new(m: u32) -> Self {
+        Modulus {
+            m,
+            c: (u64::MAX / u64::from(m)).wrapping_add(1),
+        }
+    }
+
+    #[inline]
+    fn rem(self, x: u32) -> u32 {
+        let low = self.c.wrapping_mul(u64::from(x));
+        ((u128::from(low) * u128::from(self.m)) >> 64) as u32
+    }
 }
 
 impl Default for Maglev {
@@ -140,6 +167,7 @@ impl Maglev {
     pub fn new() -> Self {
         Maglev {
             size: Self::DEFAULT_SIZE,
+            modulus: Modulus::new(Self::DEFAULT_SIZE),
             port: false,
             fallback: false,
         }
@@ -156,6 +184,7 @@ impl Maglev {
             });
         }
         self.size = size;
+        self.modulus = Modulus::new(size);
         Ok(self)
     }
 
@@ -197,7 +226,8 @@ impl Maglev {
     /// The slot of a client: `hash1(ip, port) mod M`.
     pub fn slot(&self, client: SocketAddr) -> u32 {
         let port = if self.port { client.port() } else { 0 };
-        hashkey(KEY1, fold_ip(client.ip()), port, 0) % self.size
+        self.modulus
+            .rem(hashkey(KEY1, fold_ip(client.ip()), port, 0))
     }
 
     /// The owner of each slot of the table prepared for `snap`, slot by
@@ -273,15 +303,16 @@ impl Maglev {
         let ip = fold_ip(client.ip());
         let port = if self.port { client.port() } else { 0 };
         let m = self.size;
-        let slot = hashkey(KEY1, ip, port, 0) % m;
+        let modulus = self.modulus;
+        let slot = modulus.rem(hashkey(KEY1, ip, port, 0));
         why!(
             t,
             "mh: client {} port {port} -> slot {slot} of {m}",
             client.ip()
         );
-        let probes = self
-            .fallback
-            .then(|| (0..m).map(move |k| (hashkey(KEY1, ip, port, (k + slot) % m) % m) as usize));
+        let probes = self.fallback.then(|| {
+            (0..m).map(move |k| modulus.rem(hashkey(KEY1, ip, port, (k + slot) % m)) as usize)
+        });
         table.lookup(snap, ctx, "slot", slot as usize, probes, t)
     }
 }
@@ -351,6 +382,23 @@ mod tests {
         assert_eq!(bits(251), 4);
         assert_eq!(bits(4093), 6);
         assert_eq!(bits(131071), 8);
+    }
+
+    #[test]
+    fn the_multiplied_remainder_is_the_remainder() {
+        let mut x: u32 = 0x9E37_79B9;
+        for m in Maglev::SIZES.into_iter().chain([1, 2, 3, 7, u32::MAX]) {
+            let r = Modulus::new(m);
+            for v in [0, 1, m - 1, m, m.wrapping_add(1), u32::MAX, u32::MAX - 1] {
+                assert_eq!(r.rem(v), v % m, "{v} mod {m}");
+            }
+            for _ in 0..20_000 {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                assert_eq!(r.rem(x), x % m, "{x} mod {m}");
+            }
+        }
     }
 
     #[test]
