@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,7 +119,10 @@ struct Attempts<S, B> {
     first: Instant,
     started: Instant,
     current: Option<Current>,
-    next: Option<Request<UpstreamBody<B>>>,
+    /// The backend of the retry to make (the request is rebuilt from the
+    /// replay copy when it is made).
+    next: Option<Upstream>,
+    _body: PhantomData<fn(B)>,
     /// Whether the client's body failed while being sent.
     client_failed: Arc<AtomicBool>,
 }
@@ -166,9 +170,11 @@ where
     S: Service<Request<UpstreamBody<B>>>,
     B: Body,
 {
+    /// The first attempt is made at once, on `inner` (the instance that
+    /// [`Balance`](crate::Balance) found ready).
     pub(crate) fn start(
         shared: Arc<Shared>,
-        inner: S,
+        mut inner: S,
         req: Request<B>,
         conn: Conn,
         client: SocketAddr,
@@ -197,8 +203,9 @@ where
         let mut req = Request::from_parts(parts, body);
         req.extensions_mut().insert(up);
         let now = Instant::now();
+        let fut = inner.call(req);
         ResponseFuture {
-            state: State::Waiting,
+            state: State::Calling { fut },
             attempts: Attempts {
                 shared,
                 inner,
@@ -211,7 +218,8 @@ where
                 first: now,
                 started: now,
                 current: Some(current),
-                next: Some(req),
+                next: None,
+                _body: PhantomData,
                 client_failed,
             },
         }
@@ -234,6 +242,7 @@ where
                 started: now,
                 current: None,
                 next: None,
+                _body: PhantomData,
                 client_failed: Arc::default(),
             },
         }
@@ -262,10 +271,11 @@ where
                         this.state.set(State::Done);
                         return Poll::Ready(Err(Error::Service(e.into())));
                     }
-                    let Some(req) = a.next.take() else {
+                    let (Some(up), Some(replay)) = (a.next.take(), &a.replay) else {
                         this.state.set(State::Done);
                         return Poll::Ready(Err(Error::NoBackend));
                     };
+                    let req = replay.request(up);
                     a.started = Instant::now();
                     let fut = a.inner.call(req);
                     this.state.set(State::Calling { fut });
@@ -379,7 +389,7 @@ impl<S, B> Attempts<S, B> {
         tracing::debug!(backend = %cur.name, attempt = self.n_tried + 1, "retrying on the next backend");
         self.tried[self.n_tried] = cur.id;
         self.n_tried += 1;
-        self.next = Some(replay.request(up));
+        self.next = Some(up);
         self.current = Some(cur);
         true
     }
