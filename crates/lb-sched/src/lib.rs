@@ -87,6 +87,18 @@ impl Features {
         backup: false,
         max_conns: false,
     };
+
+    /// Connection limits only (nginx's hash methods and `random`).
+    pub const MAX_CONNS: Features = Features {
+        backup: false,
+        max_conns: true,
+    };
+
+    /// Backup servers and connection limits (nginx round robin, `least_conn`).
+    pub const BACKUP_AND_MAX_CONNS: Features = Features {
+        backup: true,
+        max_conns: true,
+    };
 }
 
 /// A load-balancing algorithm.

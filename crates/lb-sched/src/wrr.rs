@@ -92,10 +92,7 @@ impl Scheduler for SmoothWrr {
     }
 
     fn features(&self) -> Features {
-        Features {
-            backup: true,
-            max_conns: true,
-        }
+        Features::BACKUP_AND_MAX_CONNS
     }
 
     pick_via_select!();

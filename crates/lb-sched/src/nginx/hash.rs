@@ -107,10 +107,7 @@ impl Scheduler for KeyHash {
     }
 
     fn features(&self) -> Features {
-        Features {
-            backup: false,
-            max_conns: true,
-        }
+        Features::MAX_CONNS
     }
 
     pick_via_select!();
@@ -219,10 +216,7 @@ impl Scheduler for ConsistentHash {
     }
 
     fn features(&self) -> Features {
-        Features {
-            backup: false,
-            max_conns: true,
-        }
+        Features::MAX_CONNS
     }
 
     pick_via_select!();

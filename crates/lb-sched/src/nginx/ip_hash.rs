@@ -95,10 +95,7 @@ impl Scheduler for IpHash {
     }
 
     fn features(&self) -> Features {
-        Features {
-            backup: false,
-            max_conns: true,
-        }
+        Features::MAX_CONNS
     }
 
     pick_via_select!();

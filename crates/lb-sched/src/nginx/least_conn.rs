@@ -104,10 +104,7 @@ impl Scheduler for NginxLeastConn {
     }
 
     fn features(&self) -> Features {
-        Features {
-            backup: true,
-            max_conns: true,
-        }
+        Features::BACKUP_AND_MAX_CONNS
     }
 
     pick_via_select!();

@@ -148,10 +148,7 @@ impl Scheduler for NginxRandom {
     }
 
     fn features(&self) -> Features {
-        Features {
-            backup: false,
-            max_conns: true,
-        }
+        Features::MAX_CONNS
     }
 
     pick_via_select!();
