@@ -2,10 +2,18 @@
 //! (`ip_vs_ovf.c`). Connection counts do not rank: the highest weight wins,
 //! replaced only by a strictly higher one, so ties go to the first in pool
 //! order (reference A.7, A.8).
+//!
+//! The pool-order scan below is the definition. Each scheduler also
+//! prepares a [`HeavyIndex`] per snapshot that gives the same answer in
+//! O(1) per pick, used whenever it can answer exactly (see `heavy.rs`): a
+//! pick that tried some backends, or is explained, scans.
 
-use lb_core::{Ctx, Member, Pick, Snapshot};
+use std::sync::Arc;
 
-use crate::trace::{pick_via_select, why, Load, Trace};
+use lb_core::{Change, Ctx, Member, Pick, Snapshot, Tables};
+
+use crate::heavy::{HeavyIndex, Kind};
+use crate::trace::{is_on, pick_via_select, why, Load, Trace};
 use crate::Scheduler;
 
 /// The first usable member of the highest weight among those `fits` admits.
@@ -66,6 +74,11 @@ impl WeightedFailover {
         ctx: &Ctx<'_>,
         t: &mut T,
     ) -> Option<Pick<'s>> {
+        if !is_on(t) {
+            if let Some(m) = HeavyIndex::choice(snap, ctx, Kind::Fo) {
+                return m.map(Pick::new);
+            }
+        }
         let m = heaviest(snap.members(), ctx, |_| true, t);
         decided(t, "fo: the highest weight, first on ties", m)
     }
@@ -74,6 +87,10 @@ impl WeightedFailover {
 impl Scheduler for WeightedFailover {
     fn name(&self) -> &'static str {
         "fo"
+    }
+
+    fn prepare(&self, next: &Snapshot, _: Option<&Snapshot>, _: Change) -> Option<Tables> {
+        Some(Arc::new(HeavyIndex::prepare(Kind::Fo, next)))
     }
 
     pick_via_select!();
@@ -101,6 +118,11 @@ impl WeightedOverflow {
         ctx: &Ctx<'_>,
         t: &mut T,
     ) -> Option<Pick<'s>> {
+        if !is_on(t) {
+            if let Some(m) = HeavyIndex::choice(snap, ctx, Kind::Ovf) {
+                return m.map(Pick::new);
+            }
+        }
         let m = heaviest(snap.members(), ctx, |m| m.active() <= m.weight(), t);
         decided(
             t,
@@ -113,6 +135,10 @@ impl WeightedOverflow {
 impl Scheduler for WeightedOverflow {
     fn name(&self) -> &'static str {
         "ovf"
+    }
+
+    fn prepare(&self, next: &Snapshot, _: Option<&Snapshot>, _: Change) -> Option<Tables> {
+        Some(Arc::new(HeavyIndex::prepare(Kind::Ovf, next)))
     }
 
     pick_via_select!();

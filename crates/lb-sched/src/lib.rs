@@ -41,6 +41,7 @@ mod error;
 mod ewma;
 mod fo;
 mod hash;
+mod heavy;
 mod keyed;
 mod lblc;
 mod lc;

@@ -1,10 +1,18 @@
 //! `least_conn`: nginx's least connections, as
 //! `ngx_http_upstream_least_conn_module.c` (SCHEDULERS-NGINX.md section 5).
+//!
+//! The pool-order scan below ([`least_conn`]) is the definition, O(n) per
+//! pick. Each snapshot also gets an [`LcIndex`] (`lc_index.rs`) that gives
+//! the same decisions in O(1) without a tie and O(d log(n/d)) with `d` tied
+//! backends; picks that tried some backends, or are explained, scan.
+
+use std::sync::Arc;
 
 use lb_core::{Change, Ctx, Member, Pick, Snapshot, Tables};
 
+use super::lc_index::{LcIndex, Least};
 use super::Upstream;
-use crate::trace::{pick_via_select, why, Load, Trace};
+use crate::trace::{is_on, pick_via_select, why, Load, Trace};
 use crate::wrr::swrr_step;
 use crate::{Features, Scheduler};
 
@@ -32,14 +40,60 @@ impl NginxLeastConn {
         ctx: &Ctx<'_>,
         t: &mut T,
     ) -> Option<Pick<'s>> {
-        let up = snap.tables::<Upstream>()?;
+        let tables = snap.tables::<LcTables>()?;
+        let up = tables.up.downcast_ref::<Upstream>()?;
         let members = snap.members();
+        if let Some(index) = tables.index.as_ref() {
+            if !is_on(t) && ctx.tried().is_empty() && index.live() {
+                let i = indexed(index, members, up, false)
+                    .or_else(|| indexed(index, members, up, true))?;
+                return Some(Pick::new(members.get(i)?));
+            }
+        }
         why!(t, "least_conn: primaries");
         let i = least_conn(members, up, ctx, false, t).or_else(|| {
             why!(t, "least_conn: no primary usable; backups");
             least_conn(members, up, ctx, true, t)
         })?;
         Some(Pick::new(&members[i]))
+    }
+}
+
+/// A snapshot's tables: the nginx state (`current`s, carried over health
+/// changes) and the snapshot's own index.
+#[derive(Debug)]
+struct LcTables {
+    up: Tables,
+    index: Option<LcIndex>,
+}
+
+/// `LC(L)` by the index: the same decision as [`least_conn`] for the
+/// primary (`backup == false`) or the backup list.
+#[inline]
+fn indexed(index: &LcIndex, members: &[Member], up: &Upstream, backup: bool) -> Option<usize> {
+    match index.least(backup) {
+        Least::Empty => None,
+        Least::One(i) => Some(i),
+        Least::Tied(set) => {
+            // The smooth step of the scan, over the tied backends only.
+            let mut current = up.currents.0.lock();
+            if current.len() != members.len() {
+                return None;
+            }
+            let mut best: Option<usize> = None;
+            let mut total = 0i64;
+            set.for_each(|i, w| {
+                let w = i64::from(w);
+                current[i] += w;
+                total += w;
+                if best.is_none_or(|b| current[i] > current[b]) {
+                    best = Some(i);
+                }
+            });
+            let b = best?;
+            current[b] -= total;
+            Some(b)
+        }
     }
 }
 
@@ -100,7 +154,10 @@ impl Scheduler for NginxLeastConn {
     }
 
     fn prepare(&self, next: &Snapshot, prev: Option<&Snapshot>, change: Change) -> Option<Tables> {
-        Some(Upstream::prepare(next, prev, change, false))
+        let prev = prev.and_then(|p| p.tables::<LcTables>()).map(|t| &t.up);
+        let up = Upstream::carry(next, prev, change, false);
+        let index = LcIndex::prepare(next);
+        Some(Arc::new(LcTables { up, index }))
     }
 
     fn features(&self) -> Features {

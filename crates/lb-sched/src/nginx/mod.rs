@@ -31,6 +31,7 @@ use crate::wrr::{swrr_step, Currents};
 
 mod hash;
 mod ip_hash;
+mod lc_index;
 mod least_conn;
 mod random;
 
@@ -71,8 +72,19 @@ impl Upstream {
         change: Change,
         ring: bool,
     ) -> Tables {
+        Self::carry(next, prev.and_then(|p| p.raw_tables()), change, ring)
+    }
+
+    /// [`prepare`](Self::prepare) from the previous snapshot's tables
+    /// (`prev`, if they are an `Upstream`) rather than the snapshot.
+    pub(crate) fn carry(
+        next: &Snapshot,
+        prev: Option<&Tables>,
+        change: Change,
+        ring: bool,
+    ) -> Tables {
         if change.keeps_balance_state() {
-            if let Some(t) = prev.and_then(|p| p.raw_tables()) {
+            if let Some(t) = prev {
                 if t.downcast_ref::<Upstream>()
                     .is_some_and(|u| u.ring.is_some() == ring)
                 {
