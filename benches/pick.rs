@@ -290,37 +290,64 @@ fn bench_rebuild(c: &mut Criterion<Clock>) {
     g.finish();
 }
 
+/// The time `threads` threads picking at once through `f` (`picks` each)
+/// take, on the clock of `LB_BENCH_CLOCK`: the slowest thread's.
+fn per_thread(f: &Fixture, threads: usize, picks: usize) -> Duration {
+    let clock = Clock::from_env();
+    let slowest = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let clock = &clock;
+                s.spawn(move || {
+                    let start = clock.now();
+                    for i in 0..picks {
+                        black_box(f.pick(i.wrapping_mul(threads).wrapping_add(t)));
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("bench thread"))
+            .max()
+            .unwrap_or_default()
+    });
+    slowest
+}
+
+/// Two threads picking at once: criterion times each pick as the slower of
+/// the two threads sees it, and before that a line compares the per-thread
+/// throughput with one thread alone (best of five runs each), so that
+/// contention on shared lines shows as a ratio below 1 (0.5: the second
+/// thread bought nothing).
 fn bench_two_threads(c: &mut Criterion<Clock>) {
     let mut g = c.benchmark_group("pick_2threads");
     for name in lb_sched::NAMES {
         for n in SIZES {
             let cell = OnceCell::new();
             g.bench_function(BenchmarkId::new(*name, n), |b| {
-                let f: &Fixture = cell.get_or_init(|| fixture(name, n));
+                let f: &Fixture = cell.get_or_init(|| {
+                    let f = fixture(name, n);
+                    let picks = if quick() { 300_000 } else { 1_000_000 };
+                    let best = |threads| {
+                        (0..5)
+                            .map(|_| {
+                                per_thread(&f, threads, picks).as_nanos() as f64 / picks as f64
+                            })
+                            .fold(f64::INFINITY, f64::min)
+                    };
+                    let (one, two) = (best(1), best(2));
+                    eprintln!(
+                        "pick_2threads/{name}/{n}: 1 thread {one:.1} ns/pick, 2 threads {two:.1} \
+                         ns/pick each: per-thread throughput x{:.2} of one thread's",
+                        one / two
+                    );
+                    f
+                });
                 // Time per pick as each of two threads sees it while both pick.
                 // Each thread times its own picks; the slower one counts.
-                b.iter_custom(|iters| {
-                    let clock = Clock::from_env();
-                    std::thread::scope(|s| {
-                        let threads: Vec<_> = (0..2usize)
-                            .map(|t| {
-                                let clock = &clock;
-                                s.spawn(move || {
-                                    let start = clock.now();
-                                    for i in 0..iters as usize {
-                                        black_box(f.pick(i.wrapping_mul(2).wrapping_add(t)));
-                                    }
-                                    start.elapsed()
-                                })
-                            })
-                            .collect();
-                        threads
-                            .into_iter()
-                            .map(|h| h.join().expect("bench thread"))
-                            .max()
-                            .unwrap_or_default()
-                    })
-                })
+                b.iter_custom(|iters| per_thread(f, 2, iters as usize))
             });
         }
     }

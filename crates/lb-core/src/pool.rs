@@ -75,8 +75,8 @@ const SEEN_POOLS: usize = 4;
 
 thread_local! {
     /// The snapshot this thread last read of each of the last few pools it
-    /// used, most recent first: `(pool id, snapshot)`.
-    static SEEN: RefCell<Vec<(u64, Arc<Snapshot>)>> = const { RefCell::new(Vec::new()) };
+    /// used, most recent first: `(pool id, snapshot version, snapshot)`.
+    static SEEN: RefCell<Vec<(u64, u64, Arc<Snapshot>)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Default for Pool {
@@ -144,16 +144,18 @@ impl Pool {
             // A shared borrow: `f` may itself read snapshots (of this pool
             // or others) and would then be served without caching.
             if let Ok(seen) = seen.try_borrow() {
-                if let Some((_, snap)) = seen.iter().find(|(p, s)| *p == id && s.version == version)
+                // The last pool used first: one comparison of two words, no
+                // read through the snapshot pointer.
+                if let Some((_, _, snap)) = seen.iter().find(|(p, v, _)| (*p, *v) == (id, version))
                 {
                     return f(snap);
                 }
             }
             let snap = self.inner.current.load_full();
             if let Ok(mut seen) = seen.try_borrow_mut() {
-                seen.retain(|(p, _)| *p != id);
+                seen.retain(|(p, _, _)| *p != id);
                 seen.truncate(SEEN_POOLS - 1);
-                seen.insert(0, (id, snap.clone()));
+                seen.insert(0, (id, snap.version, snap.clone()));
             }
             f(&snap)
         })

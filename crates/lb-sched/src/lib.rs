@@ -48,6 +48,7 @@ mod lc;
 mod least;
 mod nginx;
 mod p2c;
+mod pad;
 mod persist;
 mod registry;
 mod rng;

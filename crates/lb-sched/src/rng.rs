@@ -2,14 +2,17 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::pad::Padded;
+
 const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// SplitMix64 over one atomic counter: every draw is one `fetch_add` and a
 /// few multiplications, with no lock, and the same seed gives the same
-/// sequence (single-threaded), so replays are deterministic.
+/// sequence (single-threaded), so replays are deterministic. The counter
+/// sits alone on its cache lines (it is written on every draw).
 #[derive(Debug)]
 pub(crate) struct SplitMix {
-    state: AtomicU64,
+    state: Padded<AtomicU64>,
 }
 
 /// The seed used when none is given (`seed=N` overrides it).
@@ -18,7 +21,7 @@ pub(crate) const DEFAULT_SEED: u64 = 0x5EED_1B5C_0DE5_u64;
 impl SplitMix {
     pub(crate) fn new(seed: u64) -> Self {
         SplitMix {
-            state: AtomicU64::new(seed),
+            state: Padded(AtomicU64::new(seed)),
         }
     }
 

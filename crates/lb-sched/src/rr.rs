@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use lb_core::{BackendId, Ctx, Pick, Snapshot};
 
+use crate::pad::Padded;
 use crate::trace::{pick_via_select, why, Load, Trace};
 use crate::Scheduler;
 
@@ -39,10 +40,11 @@ fn start_after(snap: &Snapshot, last: u64) -> usize {
 /// removed the search starts at the backend that followed it; a pick that
 /// finds nothing leaves the cursor where it was. Lock-free: one atomic word,
 /// which also keeps the previous pick's position so that an unchanged pool
-/// needs no search for it.
+/// needs no search for it. The word sits alone on its cache lines, so
+/// picks that write it do not evict what other threads read.
 #[derive(Debug)]
 pub struct RoundRobin {
-    last: AtomicU64,
+    last: Padded<AtomicU64>,
 }
 
 impl Default for RoundRobin {
@@ -55,7 +57,7 @@ impl RoundRobin {
     /// A round robin whose first search starts at the first backend.
     pub fn new() -> Self {
         RoundRobin {
-            last: AtomicU64::new(NONE),
+            last: Padded(AtomicU64::new(NONE)),
         }
     }
 
