@@ -11,7 +11,12 @@
 # timeout 2 s, client header timeout $CLIENT_HEADER s; nginx: max_fails=1
 # fail_timeout=$FAIL_TIMEOUT s; HAProxy: `check inter 1s fall 2 rise 2`
 # (GET /health); lb: the same keys in its TOML `[health]` section (dropped,
-# with a note, if this build refuses them). Each scenario runs on a freshly
+# with a note, if this build refuses them), with lb's defaults for the rest:
+# `fastinter` inter/4 (HAProxy's is inter), checks driving the return of a
+# passively ejected backend (HAProxy-like; fail_timeout only without
+# checks), and `slow_response` = the check timeout (a request still waiting
+# for its head after 1 s ejects its backend at once; the checks confirm or
+# undo it). Each scenario runs on a freshly
 # started proxy, each proxy in turn:
 #   (a) kill one backend (it dies at once) under a steady $RATE req/s GET load, then
 #       restart it: client errors, and when it served again after restart;

@@ -176,9 +176,10 @@ async fn start(config: &Config) -> Result<Running, String> {
         .map_err(|e| format!("cannot start health checks: {e}"))?;
     let observer = health.observer.clone();
 
+    // The forwarder reports late response heads to passive health.
     let svc = proxy(
         config.balance_layer(lb.clone()).observer(observer),
-        config.forward_config(),
+        health.forward_config(config),
     );
     let listener = TcpListener::bind(config.listen)
         .await

@@ -49,6 +49,16 @@ impl fmt::Display for Outcome {
 pub trait Observer: Send + Sync + fmt::Debug {
     /// One attempt on `backend` ended with `outcome` after `latency`.
     fn observe(&self, backend: BackendId, outcome: Outcome, latency: Duration);
+
+    /// An attempt on `backend` has waited `waited` for its response head
+    /// and is still waiting: an early sign of a hung backend, sent before
+    /// the response timeout decides (the attempt's outcome still comes
+    /// later through [`observe`](Self::observe)). Forwarders that support
+    /// it call it at most once per attempt, when a configured threshold
+    /// passes. The default ignores it.
+    fn slow(&self, backend: BackendId, waited: Duration) {
+        let _ = (backend, waited);
+    }
 }
 
 /// An observer that ignores everything.
@@ -83,6 +93,12 @@ impl Observer for FanOut {
             o.observe(backend, outcome, latency);
         }
     }
+
+    fn slow(&self, backend: BackendId, waited: Duration) {
+        for o in &self.0 {
+            o.slow(backend, waited);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -100,6 +116,10 @@ mod tests {
                 self.0.fetch_add(1, Ordering::Relaxed);
             }
         }
+
+        fn slow(&self, _: BackendId, _: Duration) {
+            self.0.fetch_add(100, Ordering::Relaxed);
+        }
     }
 
     #[test]
@@ -111,6 +131,13 @@ mod tests {
         assert_eq!(
             (a.0.load(Ordering::Relaxed), b.0.load(Ordering::Relaxed)),
             (1, 1)
+        );
+        fan.slow(BackendId::from_raw(0), Duration::from_secs(1));
+        IgnoreOutcomes.slow(BackendId::from_raw(0), Duration::from_secs(1));
+        assert_eq!(
+            (a.0.load(Ordering::Relaxed), b.0.load(Ordering::Relaxed)),
+            (101, 101),
+            "slow signals reach every observer too"
         );
     }
 }

@@ -72,6 +72,11 @@ pub(crate) trait Subscriber: Send {
     fn timeout(&self) -> Duration;
     /// Take one result; return the delay until this subscriber's next check.
     fn feed(&mut self, result: &Result<(), CheckError>) -> Duration;
+    /// Something outside asked for an earlier check (a passive ejection):
+    /// the delay from now until it, once per request.
+    fn nudged(&mut self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Keeps a subscriber on its probe; dropping it unsubscribes (and ends the
@@ -174,6 +179,16 @@ impl Prober {
     }
 }
 
+impl Subscription {
+    /// Wake the probe so it asks its subscribers for
+    /// [`nudged`](Subscriber::nudged) checks at once.
+    pub(crate) fn wake(&self) {
+        if let Some(probe) = self.prober.inner.probes.lock().get(&self.key) {
+            probe.changed.notify_one();
+        }
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.prober.unsubscribe(&self.key, self.id);
@@ -191,7 +206,17 @@ impl fmt::Debug for Subscription {
 /// One probe's loop.
 async fn run(probe: Arc<Probe>, permits: Arc<Semaphore>) {
     loop {
-        let Some(due) = probe.subs.lock().iter().map(|s| s.due).min() else {
+        let due = {
+            let now = Instant::now();
+            let mut subs = probe.subs.lock();
+            for s in subs.iter_mut() {
+                if let Some(d) = s.sub.nudged() {
+                    s.due = s.due.min(now + d);
+                }
+            }
+            subs.iter().map(|s| s.due).min()
+        };
+        let Some(due) = due else {
             return;
         };
         tokio::select! {

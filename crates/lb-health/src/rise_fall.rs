@@ -127,6 +127,16 @@ impl RiseFall {
         }
     }
 
+    /// Mark the backend down at once with no progress (`health = 0`), as
+    /// HAProxy's `on-error mark-down` does when traffic fails; returns
+    /// [`Transition::WentDown`] when it was up. `rise` successes bring it
+    /// back.
+    pub fn mark_down(&mut self) -> Option<Transition> {
+        let was_up = self.is_up();
+        self.health = 0;
+        was_up.then_some(Transition::WentDown)
+    }
+
     /// The delay before the next check (HAProxy `srv_getinter`): `inter` at
     /// full health, `downinter` when down with no progress, `fastinter`
     /// otherwise; each falls back to `inter` when not set.
@@ -219,6 +229,19 @@ mod tests {
                 assert_eq!(rf.health(), rf.max());
             }
         }
+    }
+
+    #[test]
+    fn mark_down_drops_to_zero_and_rise_brings_it_back() {
+        let mut rf = RiseFall::with_health(2, 3, 4);
+        assert_eq!(rf.mark_down(), Some(Transition::WentDown));
+        assert_eq!((rf.health(), rf.is_up()), (0, false));
+        assert_eq!(rf.mark_down(), None, "already down");
+        assert_eq!(rf.observe(true), None);
+        assert_eq!(rf.mark_down(), None, "progress lost, no transition");
+        assert_eq!(rf.observe(true), None);
+        assert_eq!(rf.observe(true), Some(Transition::WentUp));
+        assert_eq!(rf.health(), rf.max());
     }
 
     #[test]

@@ -115,6 +115,13 @@ pub enum Reason {
     },
     /// Outlier detection: the ejection time is over.
     EjectionEnded,
+    /// Passive check: a request waited this long for its response head
+    /// (see [`Observer::slow`](lb_core::Observer::slow)); the backend is
+    /// held out until active checks pass `rise` times.
+    SlowResponse {
+        /// How long the request had waited.
+        waited: Duration,
+    },
     /// The slow-start ramp is complete.
     SlowStartDone,
     /// An operator drained, put in maintenance, or readied the backend.
@@ -147,6 +154,9 @@ impl fmt::Display for Reason {
                 duration.as_secs_f64()
             ),
             Reason::EjectionEnded => f.write_str("ejection time over"),
+            Reason::SlowResponse { waited } => {
+                write!(f, "no response head after {}ms", waited.as_millis())
+            }
             Reason::SlowStartDone => f.write_str("slow start complete"),
             Reason::Operator => f.write_str("operator"),
             Reason::Withdrawn => f.write_str("signal withdrawn"),

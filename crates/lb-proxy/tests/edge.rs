@@ -412,11 +412,12 @@ async fn nothing_eligible_is_an_immediate_503() {
     assert_eq!(go().await, Answer::Statuses(vec![503], false));
     drop(lease);
     assert_eq!(go().await, Answer::Statuses(vec![200], false));
-    // Dead: one failed attempt ejects it (502), then 503 at once, with no
-    // further attempt and no wait for a check round.
+    // Dead: one refused attempt ejects it (503: it could not be connected
+    // to), then 503 at once, with no further attempt and no wait for a
+    // check round.
     a.kill();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(go().await, Answer::Statuses(vec![502], false));
+    assert_eq!(go().await, Answer::Statuses(vec![503], false));
     assert_eq!(lb.pool().load().get(id).unwrap().health(), Health::Down);
     for _ in 0..3 {
         assert_eq!(go().await, Answer::Statuses(vec![503], false));

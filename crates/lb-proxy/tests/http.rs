@@ -103,7 +103,7 @@ async fn killed_backend_is_retried_invisibly_and_reported() {
 }
 
 #[tokio::test]
-async fn all_backends_down_answers_503_and_all_dead_502() {
+async fn all_backends_down_or_refusing_answers_503() {
     let (a, b) = (
         backend("a", "127.0.0.1").await,
         backend("b", "127.0.0.1").await,
@@ -122,7 +122,8 @@ async fn all_backends_down_answers_503_and_all_dead_502() {
     let (status, body) = get(&cl, p.addr, "/").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains("no backend"), "{body}");
-    // Up again but not listening: every try fails to connect.
+    // Up again but not listening: every try fails to connect, and the
+    // answer is 503 too (as HAProxy's when it cannot connect to any server).
     for m in lb.pool().load().members() {
         lb.pool().set_health(m.id(), Health::Up).unwrap();
     }
@@ -130,7 +131,7 @@ async fn all_backends_down_answers_503_and_all_dead_502() {
     b.kill();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let (status, body) = get(&cl, p.addr, "/").await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
 }
 
 #[tokio::test]
@@ -490,7 +491,8 @@ async fn a_request_with_a_body_is_never_sent_twice() {
     let p = start_proxy("127.0.0.1", layer, ForwardConfig::default()).await;
     a.kill();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    // PUT is idempotent, but its body is gone once sent: a's refusal is the answer.
+    // PUT is idempotent, but its body is gone once sent: a's refusal is the
+    // answer (503: a could not be connected to).
     let req = Request::put(format!("http://{}/upload", p.addr))
         .body(http_body_util::Full::new(Bytes::from_static(b"payload")).boxed())
         .unwrap();
@@ -498,7 +500,7 @@ async fn a_request_with_a_body_is_never_sent_twice() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(rec.outcomes().len(), 1, "one attempt only");
     assert_eq!(b.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
     // The same PUT with an empty body is retried on b (rr sends one of

@@ -7,7 +7,7 @@ mod outlier;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use lb_core::{BackendId, Observer, Outcome, Snapshot};
@@ -19,7 +19,7 @@ pub use max_fails::MaxFails;
 pub use outlier::Outlier;
 
 use crate::state::{Event, Reason};
-use crate::supervisor::{Source, Supervisor};
+use crate::supervisor::{Follower, Source, Supervisor};
 use max_fails::NginxPeer;
 use outlier::OutlierPeer;
 
@@ -48,9 +48,10 @@ impl PassiveBuilder {
     /// `Arc<dyn lb_core::Observer>`.
     pub fn build(self) -> Arc<PassiveHealth> {
         self.sup.ensure_driver();
-        Arc::new(PassiveHealth {
+        let passive = Arc::new(PassiveHealth {
             nginx_src: self.sup.new_source(),
             outlier_src: self.sup.new_source(),
+            slow_src: self.sup.new_source(),
             sup: self.sup,
             max_fails: self.max_fails,
             outlier: self.outlier,
@@ -58,7 +59,10 @@ impl PassiveBuilder {
             recovering: Mutex::new(Vec::new()),
             recovering_len: AtomicUsize::new(0),
             ejected: Mutex::new(HashMap::new()),
-        })
+        });
+        let follower: Weak<dyn Follower> = Arc::downgrade(&passive) as Weak<PassiveHealth>;
+        passive.sup.follow(follower);
+        passive
     }
 }
 
@@ -79,6 +83,18 @@ impl PassiveBuilder {
 /// scan. The weight reaches the pool through
 /// [`Pool::set_effective_weight`](lb_core::Pool::set_effective_weight), at
 /// most once per background write.
+///
+/// **With active checks** (a [`HealthChecker`](crate::HealthChecker) on
+/// the same [`Supervisor`]) the checks drive re-admission, as in HAProxy:
+/// a backend that `max_fails` takes out is marked down by the checker,
+/// probed at its fast interval and back after `rise` successes, without
+/// waiting for `fail_timeout` (which still ends the ejection if no check
+/// runs); its failures and effective weight are then forgotten. And a
+/// request that waits too long for its response head
+/// ([`Observer::slow`]) ejects the backend at once, before the response
+/// timeout, for the checks to confirm or undo (reason
+/// [`Reason::SlowResponse`]). Without active checks slow signals are
+/// ignored: nginx counts a timeout when it happens.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -105,6 +121,7 @@ pub struct PassiveHealth {
     outlier: Option<Outlier>,
     nginx_src: Source,
     outlier_src: Source,
+    slow_src: Source,
     peers: RwLock<HashMap<BackendId, Arc<Mutex<Peer>>>>,
     /// Backends whose nginx effective weight is below their weight.
     recovering: Mutex<Vec<BackendId>>,
@@ -233,8 +250,10 @@ impl PassiveHealth {
                 fails,
                 fail_timeout: Duration::from_secs(cfg.timeout_secs()),
             };
-            let until = (self.sup.at_second(back), Reason::FailTimeoutElapsed);
-            self.sup.vote_down(id, self.nginx_src, reason, Some(until));
+            let at = self.sup.at_second(back);
+            let window = at.saturating_duration_since(now);
+            let until = Some((at, Reason::FailTimeoutElapsed));
+            self.sup.eject(id, self.nginx_src, reason, until, window);
         }
     }
 
@@ -277,7 +296,43 @@ impl PassiveHealth {
     }
 }
 
+impl Follower for PassiveHealth {
+    /// Active checks brought `id` back: forget its nginx failures and
+    /// effective-weight drop (a slow start, if set, ramps it instead).
+    fn readmitted(&self, id: BackendId) {
+        let Some(peer) = self.peers.read().get(&id).cloned() else {
+            return;
+        };
+        let mut p = peer.lock();
+        let had_weight = p.nginx.ew.take().is_some();
+        p.nginx.fails = 0;
+        drop(p);
+        if had_weight {
+            self.sup.set_passive_weights(&[(id, None)]);
+        }
+    }
+}
+
 impl Observer for PassiveHealth {
+    /// A request to `backend` waited `waited` for its head: with active
+    /// checks on it, eject it now (see above); otherwise nothing. A pool of
+    /// one backend (no backup) is left alone, as `max_fails` leaves it.
+    fn slow(&self, backend: BackendId, waited: Duration) {
+        let snap = self.sup.pool().load();
+        let Some(m) = snap.get(backend) else { return };
+        if !m.is_up() || (snap.len() == 1 && !m.is_backup()) {
+            return; // already out, or the only one
+        }
+        if !self.sup.actively_checked(backend) {
+            return;
+        }
+        let window = self.max_fails.unwrap_or_default().fail_timeout;
+        let until = Some((Instant::now() + window, Reason::FailTimeoutElapsed));
+        let reason = Reason::SlowResponse { waited };
+        self.sup
+            .eject(backend, self.slow_src, reason, until, window);
+    }
+
     fn observe(&self, backend: BackendId, outcome: Outcome, _latency: Duration) {
         let snap = self.sup.pool().load();
         if snap.get(backend).is_none() {

@@ -23,6 +23,10 @@ struct Vote {
     until: Option<Instant>,
     /// The reason given when the vote expires.
     expiry: Reason,
+    /// A passive ejection that active checks may end: it goes when an
+    /// active check brings the backend back (`rise` successes), whatever
+    /// `until` says.
+    yields: bool,
 }
 
 /// A state change worth an event: old, new, why.
@@ -73,6 +77,27 @@ impl Entry {
         reason: Reason,
         until: Option<(Instant, Reason)>,
     ) {
+        self.push_vote(source, reason, until, false);
+    }
+
+    /// A passive ejection: as [`vote_down`](Self::vote_down), but an active
+    /// check's return ([`checks_passed`](Self::checks_passed)) ends it too.
+    pub(crate) fn vote_down_yielding(
+        &mut self,
+        source: Source,
+        reason: Reason,
+        until: Option<(Instant, Reason)>,
+    ) {
+        self.push_vote(source, reason, until, true);
+    }
+
+    fn push_vote(
+        &mut self,
+        source: Source,
+        reason: Reason,
+        until: Option<(Instant, Reason)>,
+        yields: bool,
+    ) {
         self.votes.retain(|v| v.source != source);
         let (until, expiry) = match until {
             Some((t, why)) => (Some(t), why),
@@ -83,7 +108,14 @@ impl Entry {
             reason,
             until,
             expiry,
+            yields,
         });
+    }
+
+    /// An active check of `source` brought the backend back: its vote goes,
+    /// and so do the passive ejections that yield to active checks.
+    pub(crate) fn checks_passed(&mut self, source: Source) {
+        self.votes.retain(|v| v.source != source && !v.yields);
     }
 
     /// Drop `source`'s verdict; returns whether it had one.
@@ -225,6 +257,28 @@ mod tests {
         };
         let (_, new, why) = e.update(now, None, passed.clone()).unwrap();
         assert_eq!((new, why), (State::Up, passed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn passing_checks_end_yielding_votes_only() {
+        const P: Source = Source(3);
+        let now = Instant::now();
+        let later = Some((now + Duration::from_secs(10), Reason::FailTimeoutElapsed));
+        let mut e = Entry::new("a".into(), Health::Up);
+        e.vote_down_yielding(P, Reason::EjectionEnded, later.clone());
+        e.vote_down(A, failed("x"), None);
+        e.vote_down(B, failed("y"), None);
+        e.update(now, None, Reason::Withdrawn);
+        e.checks_passed(A);
+        assert!(
+            !e.has_vote(A) && !e.has_vote(P),
+            "A's vote and the ejection go"
+        );
+        assert!(e.has_vote(B), "another checker's verdict stays");
+        assert_eq!(e.update(now, None, Reason::Withdrawn), None, "still down");
+        e.checks_passed(B);
+        let (_, new, _) = e.update(now, None, Reason::Withdrawn).unwrap();
+        assert_eq!(new, State::Up);
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,7 +8,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use lb_core::{BackendId, Pool, Snapshot};
@@ -72,6 +72,25 @@ struct Inner {
     wake: Arc<Notify>,
     driver: Mutex<Option<JoinHandle<()>>>,
     next_source: AtomicU64,
+    followers: Mutex<Vec<Weak<dyn Follower>>>,
+}
+
+/// A party that acts on what other signals did: an active checker marks a
+/// passively ejected backend down and probes it fast; a passive detector
+/// forgets a backend's failures when active checks bring it back.
+pub(crate) trait Follower: Send + Sync {
+    /// Whether this follower checks `id` actively.
+    fn checks(&self, _id: BackendId) -> bool {
+        false
+    }
+
+    /// Passive health ejected `id` for `reason`: an active checker marks it
+    /// down (HAProxy `on-error mark-down`) and probes it at its fast
+    /// interval for `window`, or until `rise` successes bring it back.
+    fn mark_down(&self, _id: BackendId, _reason: &Reason, _window: Duration) {}
+
+    /// An active check brought `id` back.
+    fn readmitted(&self, _id: BackendId) {}
 }
 
 struct Book {
@@ -134,6 +153,7 @@ impl Supervisor {
                 wake: Arc::new(Notify::new()),
                 driver: Mutex::new(None),
                 next_source: AtomicU64::new(1),
+                followers: Mutex::new(Vec::new()),
             }),
         };
         sup.ensure_driver();
@@ -256,10 +276,61 @@ impl Supervisor {
         self.with_entry(id, Reason::Withdrawn, |e| e.vote_down(src, reason, until));
     }
 
-    pub(crate) fn vote_up(&self, id: BackendId, src: Source, why: Reason) {
-        self.with_entry(id, why, |e| {
-            e.vote_up(src);
+    /// An active checker's `rise` successes: its vote goes, and so do the
+    /// passive ejections of the backend (active checks drive re-admission,
+    /// as in HAProxy); passive detectors forget the backend's failures.
+    pub(crate) fn checks_passed(&self, id: BackendId, src: Source, why: Reason) {
+        self.with_entry(id, why, |e| e.checks_passed(src));
+        for f in self.followers() {
+            f.readmitted(id);
+        }
+    }
+
+    /// A passive detector ejects `id`: a vote that lapses at `until` (as
+    /// nginx's `fail_timeout`) unless an active check brings the backend
+    /// back first; every active checker of it marks it down and probes it
+    /// at its fast interval for `window`.
+    pub(crate) fn eject(
+        &self,
+        id: BackendId,
+        src: Source,
+        reason: Reason,
+        until: Option<(Instant, Reason)>,
+        window: Duration,
+    ) {
+        // The vote first: a check that passes meanwhile then ends it.
+        self.with_entry(id, Reason::Withdrawn, |e| {
+            e.vote_down_yielding(src, reason.clone(), until)
         });
+        for f in self.followers() {
+            f.mark_down(id, &reason, window);
+        }
+    }
+
+    /// Whether an active checker checks `id`.
+    pub(crate) fn actively_checked(&self, id: BackendId) -> bool {
+        self.inner
+            .followers
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .any(|f| f.checks(id))
+    }
+
+    /// Tell `f` about ejections and returns from now on (held weakly).
+    pub(crate) fn follow(&self, f: Weak<dyn Follower>) {
+        let mut fs = self.inner.followers.lock();
+        fs.retain(|w| w.strong_count() > 0);
+        fs.push(f);
+    }
+
+    fn followers(&self) -> Vec<Arc<dyn Follower>> {
+        self.inner
+            .followers
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
     }
 
     /// Set nginx effective weights (`None`: back at the configured weight).

@@ -318,3 +318,165 @@ async fn checks_in_flight_are_bounded() {
     assert!((36..=40).contains(&done), "{done} checks in 2 s");
     checker.stop();
 }
+
+/// Three backends, passive `max_fails` and a scripted checker (interval
+/// 1 s, so a fast interval of 250 ms, rise 2, fall 2).
+fn ejection_setup(
+    max_fails: u32,
+    weight: u64,
+) -> (
+    Pool,
+    Vec<BackendId>,
+    Supervisor,
+    Arc<Scripted>,
+    Arc<PassiveHealth>,
+) {
+    let (pool, ids) = pool_of(&[weight; 3]);
+    let sup = Supervisor::new(pool.clone());
+    sup.set_panic_threshold(0);
+    let script = Scripted::new();
+    let passive = PassiveHealth::builder(sup.clone())
+        .max_fails(max_fails, 10 * SEC)
+        .build();
+    (pool, ids, sup, script, passive)
+}
+
+fn spawn_rise2_fall2(sup: &Supervisor, script: &Arc<Scripted>) -> CheckerHandle {
+    HealthChecker::new(sup.clone(), Check::custom(script.clone()))
+        .interval(SEC)
+        .rise(2)
+        .fall(2)
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_passive_ejection_ends_by_rise_checks_before_fail_timeout() {
+    let (pool, ids, sup, script, passive) = ejection_setup(2, 2);
+    let a = ids[0];
+    let checker = spawn_rise2_fall2(&sup, &script);
+    let mut events = sup.events();
+    tokio::time::sleep(3 * SEC).await;
+    // The backend dies: two failed requests eject it (nginx max_fails 2).
+    script.set(addr(0), false);
+    passive.observe(a, Outcome::ConnectFailed, Duration::ZERO);
+    passive.observe(a, Outcome::ConnectFailed, Duration::ZERO);
+    let ev = next_event(&mut events, 1).await;
+    assert!(
+        matches!(ev.reason, Reason::MaxFails { fails: 2, .. }),
+        "{ev}"
+    );
+    assert!(!pool.load().get(a).unwrap().is_up());
+    let ejected = Instant::now();
+    let before = script.results(addr(0)).len();
+    // Restarted a second later: rise (2) passing checks bring it back, long
+    // before the 10 s fail_timeout, and the checks after the ejection come
+    // at the fast interval (a quarter of the interval).
+    tokio::time::sleep(SEC).await;
+    let checks_while_dead = script.results(addr(0)).len() - before;
+    assert!(
+        checks_while_dead >= 3,
+        "{checks_while_dead} checks in the second after the ejection"
+    );
+    script.set(addr(0), true);
+    let restarted = script.results(addr(0)).len();
+    let ev = next_event(&mut events, 5).await;
+    assert_eq!(ev.backend, a);
+    assert_eq!(ev.new, State::Up);
+    assert!(matches!(ev.reason, Reason::CheckPassed { .. }), "{ev}");
+    assert_eq!(&script.results(addr(0))[restarted..], [true, true]);
+    assert!(Instant::now() - ejected < 10 * SEC / 5);
+    settle().await;
+    let m = pool.load().get(a).unwrap().clone();
+    assert!(m.is_up());
+    assert_eq!(m.weight(), 2, "nginx's weight drop is forgotten");
+    // Its failures too: one failure no longer reaches max_fails 2.
+    passive.observe(a, Outcome::ConnectFailed, Duration::ZERO);
+    settle().await;
+    assert!(pool.load().get(a).unwrap().is_up());
+    assert!(sup.state(a).unwrap().is_serving());
+    checker.stop();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_check_just_after_the_ejection_counts() {
+    // The backend failed one request but is fine (restarted at once): the
+    // first checks after the ejection count, and rise of them bring it back.
+    let (pool, ids, sup, script, passive) = ejection_setup(1, 1);
+    let a = ids[0];
+    let checker = spawn_rise2_fall2(&sup, &script);
+    let mut events = sup.events();
+    tokio::time::sleep(3 * SEC).await;
+    let before = script.results(addr(0)).len();
+    passive.observe(a, Outcome::ConnectFailed, Duration::ZERO);
+    assert!(next_event(&mut events, 1).await.new.is_failed());
+    let ev = next_event(&mut events, 5).await;
+    assert_eq!((ev.backend, ev.new), (a, State::Up));
+    assert_eq!(&script.results(addr(0))[before..], [true, true]);
+    settle().await;
+    assert!(pool.load().get(a).unwrap().is_up());
+    checker.stop();
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_timeout_still_ends_the_ejection_once_the_checker_stops() {
+    let (pool, ids, sup, script, passive) = ejection_setup(1, 1);
+    let a = ids[0];
+    let checker = spawn_rise2_fall2(&sup, &script);
+    let mut events = sup.events();
+    tokio::time::sleep(2 * SEC).await;
+    script.set(addr(0), false);
+    passive.observe(a, Outcome::ConnectFailed, Duration::ZERO);
+    assert!(next_event(&mut events, 1).await.new.is_failed());
+    tokio::time::sleep(2 * SEC).await;
+    checker.stop();
+    settle().await;
+    assert!(
+        !pool.load().get(a).unwrap().is_up(),
+        "the passive ejection holds without the checker"
+    );
+    let ev = next_event(&mut events, 12).await;
+    assert_eq!((ev.new, ev.reason), (State::Up, Reason::FailTimeoutElapsed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_response_ejects_at_once_only_under_active_checks() {
+    let (pool, ids, sup, script, passive) = ejection_setup(1, 1);
+    let a = ids[0];
+    // No active checks: nginx behaviour, the slow signal changes nothing.
+    passive.slow(a, SEC);
+    settle().await;
+    assert_eq!(sup.state(a), Some(State::Up));
+    assert!(pool.load().get(a).unwrap().is_up());
+
+    let checker = spawn_rise2_fall2(&sup, &script);
+    let mut events = sup.events();
+    tokio::time::sleep(3 * SEC).await;
+    // The backend hangs: its health checks fail, and a request waits.
+    script.set(addr(0), false);
+    passive.slow(a, SEC);
+    let ev = next_event(&mut events, 1).await;
+    assert_eq!(ev.backend, a);
+    assert_eq!(ev.reason, Reason::SlowResponse { waited: SEC });
+    assert!(!pool.load().get(a).unwrap().is_up(), "out of new picks");
+    // It stays out while its checks fail, past the 10 s window.
+    tokio::time::sleep(12 * SEC).await;
+    assert!(sup.state(a).unwrap().is_failed());
+    // Alive again: rise checks bring it back.
+    let before = script.results(addr(0)).len();
+    script.set(addr(0), true);
+    let ev = next_event(&mut events, 5).await;
+    assert_eq!((ev.backend, ev.new), (a, State::Up));
+    assert_eq!(&script.results(addr(0))[before..], [true, true]);
+    // A slow-but-alive backend: ejected, then back after rise fast checks.
+    passive.slow(a, SEC);
+    assert!(next_event(&mut events, 1).await.new.is_failed());
+    let t = Instant::now();
+    let ev = next_event(&mut events, 5).await;
+    assert_eq!((ev.backend, ev.new), (a, State::Up));
+    assert!(
+        Instant::now() - t <= SEC,
+        "back within a few fast intervals"
+    );
+    checker.stop();
+}

@@ -36,9 +36,12 @@
 //! timeout = "1s"
 //! rise = 2
 //! fall = 3
+//! fastinter = "500ms"               # in transition; default interval / 4
+//! downinter = "2s"                  # while down; default interval
 //! path = "/health"
 //! max_fails = 1
 //! fail_timeout = "10s"
+//! slow_response = "1s"              # eject on a late response head; default timeout, 0 = off
 //!
 //! [[backend]]
 //! name = "web1"                     # defaults to the address
@@ -183,8 +186,16 @@ impl Default for ClientLimits {
 }
 
 /// Health checking settings: active probes (`interval`, `timeout`, `rise`,
-/// `fall`, `path`) as keepalived and HAProxy, passive ones (`max_fails`
-/// within `fail_timeout`) as nginx.
+/// `fall`, `fastinter`, `downinter`, `path`) as keepalived and HAProxy,
+/// passive ones (`max_fails` within `fail_timeout`) as nginx.
+///
+/// With active checks, the checks decide when a passively ejected backend
+/// returns (as HAProxy): it is probed at `fastinter` and back after `rise`
+/// successes, without waiting for `fail_timeout` (which governs only
+/// without active checks, as in nginx); and a request still waiting for
+/// its response head after `slow_response` ejects its backend at once, for
+/// the checks to confirm or undo (see
+/// [`PassiveHealth`](lb_health::PassiveHealth)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthSettings {
     /// Whether active checks run (true when a `[health]` section is given).
@@ -197,6 +208,17 @@ pub struct HealthSettings {
     pub rise: u32,
     /// Failures in a row that take a backend down.
     pub fall: u32,
+    /// Time between probes of a backend in transition (HAProxy
+    /// `fastinter`); a quarter of `interval` when unset.
+    pub fastinter: Option<Duration>,
+    /// Time between probes of a backend that is down (HAProxy
+    /// `downinter`); `interval` when unset.
+    pub downinter: Option<Duration>,
+    /// With active checks: how long a request may wait for its response
+    /// head before its backend is ejected (the probe `timeout` when unset;
+    /// zero turns it off). Only effective below the response timeout.
+    /// Set it above your longest legitimate wait (long polling).
+    pub slow_response: Option<Duration>,
     /// The path an HTTP probe GETs; none means a TCP connect probe.
     pub path: Option<String>,
     /// Failed requests within `fail_timeout` that take a backend out (0 = never).
@@ -213,6 +235,9 @@ impl Default for HealthSettings {
             timeout: Duration::from_secs(1),
             rise: 2,
             fall: 3,
+            fastinter: None,
+            downinter: None,
+            slow_response: None,
             path: None,
             max_fails: 1,
             fail_timeout: Duration::from_secs(10),
@@ -438,6 +463,7 @@ impl Config {
             max_idle_per_backend: self
                 .keepalive
                 .unwrap_or(ForwardConfig::default().max_idle_per_backend),
+            slow_response: None,
         }
     }
 }

@@ -87,9 +87,12 @@ struct RawHealth {
     timeout: Option<Spanned<Value>>,
     rise: Option<Spanned<i64>>,
     fall: Option<Spanned<i64>>,
+    fastinter: Option<Spanned<Value>>,
+    downinter: Option<Spanned<Value>>,
     path: Option<Spanned<String>>,
     max_fails: Option<Spanned<i64>>,
     fail_timeout: Option<Spanned<Value>>,
+    slow_response: Option<Spanned<Value>>,
 }
 
 /// Turns byte spans into line numbers.
@@ -406,6 +409,15 @@ fn health(src: &Src<'_>, h: &RawHealth) -> Result<HealthSettings, ConfigError> {
     }
     if let Some(v) = &h.fall {
         out.fall = src.int("health.fall", v, 1..1001)?;
+    }
+    if let Some(v) = &h.fastinter {
+        out.fastinter = Some(src.duration("health.fastinter", v, min)?);
+    }
+    if let Some(v) = &h.downinter {
+        out.downinter = Some(src.duration("health.downinter", v, min)?);
+    }
+    if let Some(v) = &h.slow_response {
+        out.slow_response = Some(src.duration("health.slow_response", v, Duration::ZERO)?);
     }
     if let Some(p) = &h.path {
         if !p.get_ref().starts_with('/') {

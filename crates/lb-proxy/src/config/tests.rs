@@ -79,6 +79,15 @@ fn a_full_config_parses() {
     assert!(c.health.enabled);
     assert_eq!(c.health.max_fails, 3);
     assert_eq!(c.health.path.as_deref(), Some("/healthz"));
+    assert_eq!(
+        (
+            c.health.fastinter,
+            c.health.downinter,
+            c.health.slow_response
+        ),
+        (None, None, None),
+        "defaults: interval / 4, interval, the probe timeout"
+    );
     assert_eq!(c.backends.len(), 2);
     assert_eq!(
         c.backends[1].name, "[::1]:9002",
@@ -219,6 +228,46 @@ fn each_kind_of_mistake_names_the_key_and_the_problem() {
         "\"rr\"",
         "\"[::1]:9002\"",
         &["backend[1].backup: scheduler rr does not support backup"],
+    );
+}
+
+#[test]
+fn health_intervals_and_slow_response() {
+    let text = GOOD.replacen(
+        "max_fails = 3",
+        "max_fails = 3\nfastinter = \"250ms\"\ndowninter = \"5s\"\nslow_response = \"800ms\"",
+        1,
+    );
+    let h = Config::from_toml(&text).unwrap().health;
+    assert_eq!(h.fastinter, Some(Duration::from_millis(250)));
+    assert_eq!(h.downinter, Some(Duration::from_secs(5)));
+    assert_eq!(h.slow_response, Some(Duration::from_millis(800)));
+    let off = GOOD.replacen("max_fails = 3", "slow_response = 0", 1);
+    let h = Config::from_toml(&off).unwrap().health;
+    assert_eq!(h.slow_response, Some(Duration::ZERO), "0 turns it off");
+    mistake(
+        "max_fails = 3",
+        "fastinter = \"0ms\"",
+        "fastinter",
+        &["health.fastinter: ", "too short"],
+    );
+    mistake(
+        "max_fails = 3",
+        "downinter = \"soon\"",
+        "downinter",
+        &["health.downinter: ", "not a duration"],
+    );
+    mistake(
+        "max_fails = 3",
+        "slow_response = \"1 fortnight\"",
+        "slow_response",
+        &["health.slow_response: ", "unknown unit"],
+    );
+    mistake(
+        "max_fails = 3",
+        "fast_inter = \"1s\"",
+        "fast_inter",
+        &["unknown field `fast_inter`", "fastinter"],
     );
 }
 

@@ -17,7 +17,7 @@ use http::header::{self, HeaderValue};
 use http::uri::{Authority, Parts};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
-use lb_core::Outcome;
+use lb_core::{Observer, Outcome};
 use tower_service::Service;
 
 use super::headers::{add_forwarded, connection_has, strip_hop_by_hop};
@@ -58,6 +58,22 @@ pub struct ForwardConfig {
     pub host: HostHeader,
     /// Whether to add `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded`.
     pub forwarded_headers: bool,
+    /// An early report of a response head that is late (none by default).
+    pub slow_response: Option<SlowResponse>,
+}
+
+/// Report a request still waiting for its response head after `after`
+/// to `observer` ([`Observer::slow`]) at once, without ending it: passive
+/// health can then take a hung backend out of new picks before the
+/// response timeout fires. The response timeout's own timer fires first at
+/// `after`, then waits on to the timeout: no timer of its own. Ignored
+/// unless shorter than the response timeout.
+#[derive(Clone, Debug)]
+pub struct SlowResponse {
+    /// How long a response head may take before it is reported.
+    pub after: Duration,
+    /// Who hears of it (passive health).
+    pub observer: Arc<dyn Observer>,
 }
 
 impl Default for ForwardConfig {
@@ -69,6 +85,7 @@ impl Default for ForwardConfig {
             max_idle_per_backend: 32,
             host: HostHeader::Preserve,
             forwarded_headers: true,
+            slow_response: None,
         }
     }
 }
@@ -173,6 +190,8 @@ where
             sleep: None,
             limit: self.config.response_timeout,
             armed: false,
+            slow: self.config.slow_response.clone(),
+            hard: None,
             up,
             client_upgrade,
             idle: self.config.idle_timeout,
@@ -193,6 +212,10 @@ pin_project! {
         sleep: Option<Sleep>,
         limit: Option<Duration>,
         armed: bool,
+        // The slow report still to make, and the response timeout's
+        // deadline the timer moves to after it.
+        slow: Option<SlowResponse>,
+        hard: Option<Instant>,
         up: Upstream,
         client_upgrade: Option<OnUpgrade>,
         idle: Option<Duration>,
@@ -209,19 +232,43 @@ where
         let mut this = self.project();
         if !*this.armed {
             *this.armed = true;
-            if let Some(deadline) = this.limit.and_then(|l| Instant::now().checked_add(l)) {
-                this.sleep.set(Some(tokio::time::sleep_until(deadline)));
+            let now = Instant::now();
+            *this.hard = this.limit.and_then(|l| now.checked_add(l));
+            let limit = *this.limit;
+            let soft = this.slow.as_ref().map(|s| s.after);
+            let soft = soft.filter(|a| limit.is_none_or(|l| *a < l));
+            match soft.and_then(|a| now.checked_add(a)) {
+                Some(at) => this.sleep.set(Some(tokio::time::sleep_until(at))),
+                None => {
+                    *this.slow = None;
+                    if let Some(hard) = *this.hard {
+                        this.sleep.set(Some(tokio::time::sleep_until(hard)));
+                    }
+                }
             }
         }
         let resp = match this.sent.poll(cx) {
             Poll::Ready(resp) => resp?,
             Poll::Pending => {
-                let expired = this
-                    .sleep
-                    .as_pin_mut()
-                    .is_some_and(|s| s.poll(cx).is_ready());
-                if !expired {
+                let Some(mut sleep) = this.sleep.as_mut().as_pin_mut() else {
                     return Poll::Pending;
+                };
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if let Some(slow) = this.slow.take() {
+                    // Late: report it now, then wait on to the timeout.
+                    slow.observer.slow(this.up.id, slow.after);
+                    match *this.hard {
+                        Some(hard) => sleep.as_mut().reset(hard),
+                        None => {
+                            this.sleep.set(None);
+                            return Poll::Pending;
+                        }
+                    }
+                    if sleep.poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
                 }
                 let limit = this.limit.unwrap_or_default();
                 let msg = format!("no response head within {limit:?}");

@@ -35,7 +35,7 @@ mod server;
 mod upgrade;
 
 pub use edge::{EdgeStats, Limits};
-pub use forward::{Forward, ForwardConfig, ForwardFuture, HostHeader};
+pub use forward::{Forward, ForwardConfig, ForwardFuture, HostHeader, SlowResponse};
 pub use headers::{X_FORWARDED_FOR, X_FORWARDED_PROTO};
 pub use idle::IdleBody;
 pub use pages::{error_text, text_response, ErrorPages, ErrorPagesLayer, PagesFuture, ProxyBody};

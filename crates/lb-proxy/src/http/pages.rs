@@ -122,8 +122,9 @@ where
     }
 }
 
-/// A [`Layer`] that answers a balancing [`Error`] as a short response:
-/// 503 when no backend is available, 504 after a timeout, 502 otherwise.
+/// A [`Layer`] that answers a balancing [`Error`] as a short response
+/// ([`Error::status`]): 503 when no backend is available or none could be
+/// connected to, 504 after a response timeout, 502 otherwise.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ErrorPagesLayer;
 

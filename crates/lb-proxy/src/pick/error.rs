@@ -14,9 +14,11 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 /// Why a balanced request got no response.
 ///
 /// Callers map it to an answer with [`status`](Error::status): 503 when no
-/// backend was eligible, 504 when the last backend tried timed out, 400
-/// when the client's own body failed, 502 otherwise (what nginx answers in
-/// the same cases).
+/// backend was eligible or the last one tried could not be connected to
+/// (refused, unreachable, connect timeout: nothing was sent, as HAProxy
+/// answers when it cannot connect to any server), 504 when the last
+/// backend tried took too long to answer, 400 when the client's own body
+/// failed, 502 otherwise (an invalid or broken response).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -42,16 +44,21 @@ pub enum Error {
 }
 
 impl Error {
-    /// The HTTP status a proxy answers with.
+    /// The HTTP status a proxy answers with: see [`Error`].
     pub fn status(&self) -> StatusCode {
         match self {
             Error::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
             Error::Backend {
-                outcome: Outcome::Timeout,
-                ..
-            } => StatusCode::GATEWAY_TIMEOUT,
+                outcome, source, ..
+            } => match (outcome, classify_sent(&**source)) {
+                (Outcome::ConnectFailed, _) | (Outcome::Timeout, (_, false)) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                (Outcome::Timeout, _) => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::BAD_GATEWAY,
+            },
             Error::Client(_) => StatusCode::BAD_REQUEST,
-            _ => StatusCode::BAD_GATEWAY,
+            Error::Service(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -211,16 +218,33 @@ mod tests {
     }
 
     #[test]
-    fn statuses_follow_nginx() {
+    fn statuses_follow_haproxy() {
         assert_eq!(Error::NoBackend.status(), 503);
-        let e = |outcome| Error::Backend {
+        let e = |outcome, source: OutcomeError| Error::Backend {
             backend: "a".into(),
             outcome,
-            source: "x".into(),
+            source: source.into(),
         };
-        assert_eq!(e(Outcome::Timeout).status(), 504);
-        assert_eq!(e(Outcome::ConnectFailed).status(), 502);
-        assert_eq!(e(Outcome::Broken).status(), 502);
+        let sent = |o| e(o, OutcomeError::new(o, "x"));
+        let unsent = |o| e(o, OutcomeError::unsent(o, "x"));
+        assert_eq!(sent(Outcome::Timeout).status(), 504, "no response head");
+        assert_eq!(unsent(Outcome::Timeout).status(), 503, "connect timeout");
+        assert_eq!(unsent(Outcome::ConnectFailed).status(), 503, "refused");
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        let plain = Error::Backend {
+            backend: "a".into(),
+            outcome: Outcome::ConnectFailed,
+            source: refused.into(),
+        };
+        assert_eq!(plain.status(), 503);
+        assert_eq!(sent(Outcome::Broken).status(), 502);
+        assert_eq!(
+            unsent(Outcome::Broken).status(),
+            502,
+            "a request never sent"
+        );
+        assert_eq!(sent(Outcome::BadStatus(500)).status(), 502);
         assert_eq!(Error::Client("cut".into()).status(), 400);
+        assert_eq!(Error::Service("x".into()).status(), 502);
     }
 }

@@ -31,8 +31,8 @@ pub const RETRYABLE_STATUSES: [u16; 7] = [403, 404, 429, 500, 502, 503, 504];
 ///   began less than [`timeout`](Retry::timeout) ago;
 /// - another backend is eligible and not yet tried by this request.
 ///
-/// When the last attempt fails, its error is the answer (502, or 504 after
-/// a timeout); a response with a retryable status is passed to the client.
+/// When the last attempt fails, its error is the answer (503 when it could
+/// not connect, 504 after a response timeout, else 502); a response with a retryable status is passed to the client.
 /// Failures are reported to the observer as they happen; 403 and 404
 /// responses are retried if asked but never count as failures (as nginx).
 #[derive(Clone, Copy, PartialEq, Eq)]
