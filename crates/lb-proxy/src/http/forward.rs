@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, Parts};
@@ -20,6 +20,7 @@ use hyper::body::{Body, Incoming};
 use lb_core::Outcome;
 use tower_service::Service;
 
+use super::deadline::Deadline;
 use super::headers::{add_forwarded, connection_has, strip_hop_by_hop};
 use super::idle::IdleBody;
 use super::pool::Pool;
@@ -170,7 +171,7 @@ where
         }
         Box::pin(Forwarding {
             sent: self.pool.send(up.addr, req),
-            sleep: None,
+            deadline: Deadline::default(),
             limit: self.config.response_timeout,
             armed: false,
             up,
@@ -188,9 +189,8 @@ pin_project! {
     struct Forwarding<F> {
         #[pin]
         sent: F,
-        // Made at the first poll.
-        #[pin]
-        sleep: Option<Sleep>,
+        // Armed at the first poll.
+        deadline: Deadline,
         limit: Option<Duration>,
         armed: bool,
         up: Upstream,
@@ -206,21 +206,17 @@ where
     type Output = Result<Response<IdleBody<Incoming>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         if !*this.armed {
             *this.armed = true;
-            if let Some(deadline) = this.limit.and_then(|l| Instant::now().checked_add(l)) {
-                this.sleep.set(Some(tokio::time::sleep_until(deadline)));
+            if let Some(at) = this.limit.and_then(|l| Instant::now().checked_add(l)) {
+                this.deadline.arm(at);
             }
         }
         let resp = match this.sent.poll(cx) {
             Poll::Ready(resp) => resp?,
             Poll::Pending => {
-                let expired = this
-                    .sleep
-                    .as_pin_mut()
-                    .is_some_and(|s| s.poll(cx).is_ready());
-                if !expired {
+                if !this.deadline.poll_passed(cx) {
                     return Poll::Pending;
                 }
                 let limit = this.limit.unwrap_or_default();
