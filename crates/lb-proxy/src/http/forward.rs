@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, Parts};
@@ -20,6 +20,7 @@ use hyper::body::{Body, Incoming};
 use lb_core::{Observer, Outcome};
 use tower_service::Service;
 
+use super::deadline::Deadline;
 use super::headers::{add_forwarded, connection_has, strip_hop_by_hop};
 use super::idle::IdleBody;
 use super::pool::Pool;
@@ -187,7 +188,7 @@ where
         }
         Box::pin(Forwarding {
             sent: self.pool.send(up.addr, req),
-            sleep: None,
+            deadline: Deadline::default(),
             limit: self.config.response_timeout,
             armed: false,
             slow: self.config.slow_response.clone(),
@@ -207,9 +208,8 @@ pin_project! {
     struct Forwarding<F> {
         #[pin]
         sent: F,
-        // Made at the first poll.
-        #[pin]
-        sleep: Option<Sleep>,
+        // Armed at the first poll.
+        deadline: Deadline,
         limit: Option<Duration>,
         armed: bool,
         // The slow report still to make, and the response timeout's
@@ -229,7 +229,7 @@ where
     type Output = Result<Response<IdleBody<Incoming>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         if !*this.armed {
             *this.armed = true;
             let now = Instant::now();
@@ -238,11 +238,11 @@ where
             let soft = this.slow.as_ref().map(|s| s.after);
             let soft = soft.filter(|a| limit.is_none_or(|l| *a < l));
             match soft.and_then(|a| now.checked_add(a)) {
-                Some(at) => this.sleep.set(Some(tokio::time::sleep_until(at))),
+                Some(at) => this.deadline.arm(at),
                 None => {
                     *this.slow = None;
                     if let Some(hard) = *this.hard {
-                        this.sleep.set(Some(tokio::time::sleep_until(hard)));
+                        this.deadline.arm(hard);
                     }
                 }
             }
@@ -250,23 +250,20 @@ where
         let resp = match this.sent.poll(cx) {
             Poll::Ready(resp) => resp?,
             Poll::Pending => {
-                let Some(mut sleep) = this.sleep.as_mut().as_pin_mut() else {
-                    return Poll::Pending;
-                };
-                if sleep.as_mut().poll(cx).is_pending() {
+                if !this.deadline.poll_passed(cx) {
                     return Poll::Pending;
                 }
                 if let Some(slow) = this.slow.take() {
                     // Late: report it now, then wait on to the timeout.
                     slow.observer.slow(this.up.id, slow.after);
                     match *this.hard {
-                        Some(hard) => sleep.as_mut().reset(hard),
+                        Some(hard) => this.deadline.reset(hard),
                         None => {
-                            this.sleep.set(None);
+                            *this.deadline = Deadline::default();
                             return Poll::Pending;
                         }
                     }
-                    if sleep.poll(cx).is_pending() {
+                    if !this.deadline.poll_passed(cx) {
                         return Poll::Pending;
                     }
                 }

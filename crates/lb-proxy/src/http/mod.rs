@@ -24,6 +24,7 @@
 use hyper::body::Incoming;
 use tower_layer::Layer;
 
+mod deadline;
 pub mod edge;
 mod forward;
 pub(crate) mod headers;

@@ -21,6 +21,9 @@ use tower_service::Service;
 use super::edge::{EdgeBody, EdgeConn, EdgeIo, EdgeStats, Limits};
 use crate::pick::{BoxError, ClientAddr, LocalAddr};
 
+/// hyper's limit on header fields when none is set (`DEFAULT_MAX_HEADERS`).
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// Serves a tower service to HTTP clients on a listener.
 ///
 /// Each connection speaks HTTP/1.1 or HTTP/2 (detected from its first
@@ -89,9 +92,12 @@ impl Server {
             ..limits
         };
         // hyper's own count must let through all the edge lets through.
-        self.builder
-            .http1()
-            .max_headers(self.limits.max_headers.max(8));
+        // Within hyper's default (100) it is left unset: a set count makes
+        // hyper build a heap-sized index vector for every request head
+        // (about 1.7k instructions a request), the default a stack array.
+        if self.limits.max_headers > HYPER_DEFAULT_MAX_HEADERS {
+            self.builder.http1().max_headers(self.limits.max_headers);
+        }
         self
     }
 

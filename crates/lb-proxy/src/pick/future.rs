@@ -123,8 +123,9 @@ struct Attempts<S, B> {
     /// replay copy when it is made).
     next: Option<Upstream>,
     _body: PhantomData<fn(B)>,
-    /// Whether the client's body failed while being sent.
-    client_failed: Arc<AtomicBool>,
+    /// Whether the client's body failed while being sent (only a streamed
+    /// body can: an empty one needs no flag, and no allocation).
+    client_failed: Option<Arc<AtomicBool>>,
 }
 
 pin_project! {
@@ -190,12 +191,16 @@ where
             extensions: Kept::new(&parts.extensions),
         });
         let (up, current) = upstream(conn);
-        let client_failed = Arc::new(AtomicBool::new(false));
-        let body = if empty {
+        let (body, client_failed) = if empty {
             drop(body);
-            UpstreamBody::empty()
+            (UpstreamBody::empty(), None)
         } else {
-            UpstreamBody::stream(body, up.lease.counters().clone(), client_failed.clone())
+            let failed = Arc::new(AtomicBool::new(false));
+            let counters = up.lease.counters().clone();
+            (
+                UpstreamBody::stream(body, counters, failed.clone()),
+                Some(failed),
+            )
         };
         let mut tried = [up.id; MAX_TRIES];
         tried[0] = up.id;
@@ -243,7 +248,7 @@ where
                 current: None,
                 next: None,
                 _body: PhantomData,
-                client_failed: Arc::default(),
+                client_failed: None,
             },
         }
     }
@@ -324,7 +329,12 @@ impl<S, B> Attempts<S, B> {
                 }
                 Step::Done(Ok(resp.map(|b| LeasedBody::new(b, cur.lease))))
             }
-            Err(e) if self.client_failed.load(Ordering::Relaxed) => {
+            Err(e)
+                if self
+                    .client_failed
+                    .as_ref()
+                    .is_some_and(|f| f.load(Ordering::Relaxed)) =>
+            {
                 // The client's body broke off: no fault of the backend's,
                 // and nothing to send again.
                 tracing::debug!(backend = %cur.name, "the client's request body failed");

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use super::chunked::Chunked;
 use super::head::{self, Framing};
@@ -36,6 +36,9 @@ const BODY_WINDOW: usize = 64 * 1024;
 /// close).
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: u64 = 1024 * 1024;
+
+/// A header read timeout too long to represent stands for about 30 years.
+const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 #[derive(Debug)]
 enum State {
@@ -71,7 +74,11 @@ pub(crate) struct EdgeIo<T: AsyncRead + Unpin + Send + 'static> {
     first: bool,
     /// Refused with an answer: linger on close.
     refused: bool,
+    /// The header read timer, kept between requests and reset (a reset to
+    /// a later instant costs no timer-wheel lock; a new timer costs two).
     timer: Option<Pin<Box<Sleep>>>,
+    /// Whether `timer` runs for the head awaited now.
+    armed: bool,
     conn: Arc<EdgeConn>,
     limits: Limits,
     stats: Arc<EdgeStats>,
@@ -89,6 +96,7 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
             first: true,
             refused: false,
             timer: None,
+            armed: false,
             conn,
             limits,
             stats,
@@ -114,7 +122,8 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
                         .min(usize::try_from(*left).unwrap_or(usize::MAX));
                     *left -= take as u64;
                     let (done, upgrade) = (*left == 0, *upgrade);
-                    self.out.extend_from_slice(&self.raw.split_to(take));
+                    self.out.extend_from_slice(&self.raw[..take]);
+                    self.raw.advance(take);
                     if done {
                         self.end_of_body(upgrade);
                     }
@@ -123,7 +132,8 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
                 State::Chunked { check, upgrade } => match check.feed(&self.raw) {
                     Ok((n, done)) => {
                         let upgrade = *upgrade;
-                        self.out.extend_from_slice(&self.raw.split_to(n));
+                        self.out.extend_from_slice(&self.raw[..n]);
+                        self.raw.advance(n);
                         if done {
                             self.end_of_body(upgrade);
                         }
@@ -149,7 +159,8 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
                     None => false,
                 },
                 State::Tunnel => {
-                    self.out.extend_from_slice(&self.raw.split());
+                    self.out.extend_from_slice(&self.raw);
+                    self.raw.clear();
                     false
                 }
                 State::Closed | State::Broken(_) => false,
@@ -209,14 +220,17 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
                 return false;
             }
         }
-        let mut head = self.raw.split_to(parsed.len);
+        // Copied out, then skipped: `split_to` would make `raw` shared (an
+        // allocation a request) and its next `reserve` copy or allocate.
+        let start = self.out.len();
+        self.out.extend_from_slice(&self.raw[..parsed.len]);
+        self.raw.advance(parsed.len);
         if let Some(at) = parsed.minor_at {
-            head[at] = b'1';
+            self.out[start + at] = b'1';
         }
-        self.out.extend_from_slice(&head);
         self.conn.release();
         self.first = false;
-        self.timer = None;
+        self.armed = false;
         let upgrade = parsed.upgrade;
         match (parsed.framing, check) {
             (Framing::Length(left), _) => self.state = State::Body { left, upgrade },
@@ -262,17 +276,25 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
         };
         self.conn.register(cx.waker());
         if !self.awaiting_head() {
-            self.timer = None;
+            self.armed = false;
             return false;
         }
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        timer.as_mut().poll(cx).is_ready()
+        if !self.armed {
+            self.armed = true;
+            let now = Instant::now();
+            let at = now.checked_add(limit).unwrap_or(now + FAR);
+            match self.timer.as_mut() {
+                Some(timer) => timer.as_mut().reset(at),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+        self.timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
     }
 
     fn on_timeout(&mut self) {
-        self.timer = None;
+        self.armed = false;
         if self.first || !self.raw.is_empty() {
             let status = http::StatusCode::REQUEST_TIMEOUT;
             self.refuse(Reject::answer(status, "no request head in time"));
@@ -292,15 +314,14 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
         };
         let mut got = false;
         while !self.eof && self.raw.len() < cap {
-            let len = self.raw.len();
-            self.raw.resize(len + READ_CHUNK, 0);
-            let mut rb = ReadBuf::new(&mut self.raw[len..]);
-            let polled = Pin::new(&mut *io).poll_read(cx, &mut rb);
-            let n = rb.filled().len();
-            self.raw.truncate(len + n);
+            // Into the buffer's spare room, which is not zeroed first (a
+            // 16 KiB memset a read cost more than parsing the head).
+            self.raw.reserve(READ_CHUNK);
+            let mut room = (&mut self.raw).limit(READ_CHUNK);
+            let polled = std::pin::pin!(io.read_buf(&mut room)).poll(cx);
             match polled {
-                Poll::Ready(Ok(())) if n == 0 => self.eof = true,
-                Poll::Ready(Ok(())) => got = true,
+                Poll::Ready(Ok(0)) => self.eof = true,
+                Poll::Ready(Ok(_)) => got = true,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending if got => break,
                 Poll::Pending => return Poll::Pending,
