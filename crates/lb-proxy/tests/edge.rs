@@ -300,6 +300,59 @@ async fn expect_continue_passes_the_head_on_before_the_body() {
 }
 
 #[tokio::test]
+async fn an_unknown_expectation_is_answered_417_and_never_forwarded() {
+    let p = probe().await;
+    let server = Server::new();
+    let stats = server.stats();
+    let proxy = proxy_with(&p, server).await;
+
+    // No body: 417, and the same connection serves the next request (a
+    // HEAD one's 417 has no body, or the next answer would be misread).
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"HEAD /x HTTP/1.1\r\nHost: t\r\nExpect: x-y\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(STEP, tokio::io::AsyncReadExt::read(&mut s, &mut buf))
+        .await
+        .expect("417 in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(text.starts_with("HTTP/1.1 417 "), "{text:?}");
+    assert!(text.ends_with("\r\n\r\n"), "no body after a HEAD: {text:?}");
+    s.write_all(
+        b"GET /y HTTP/1.1\r\nHost: t\r\nExpect: foo\r\n\r\nGET /ok HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        read_answer(&mut s, 2, STEP).await,
+        Answer::Statuses(vec![417, 200], false)
+    );
+
+    // With a body: 417, then closed.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"PUT /z HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nExpect: 100-continue, more\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        read_answer(&mut s, 1, STEP).await,
+        Answer::Statuses(vec![417], false)
+    );
+    assert!(closed_silently(&mut s, STEP).await, "closed after the 417");
+
+    assert_eq!(
+        *p.seen.started.lock(),
+        vec!["/ok".to_owned()],
+        "only the good one went on"
+    );
+    assert_eq!(stats.rejected(StatusCode::EXPECTATION_FAILED), 3);
+    assert_eq!(stats.rejected_total(), 3);
+}
+
+#[tokio::test]
 async fn requests_split_into_single_bytes_are_served() {
     let p = probe().await;
     let proxy = proxy_with(&p, Server::new()).await;

@@ -24,6 +24,11 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// with the refusal status (see [`EdgeConn::reject_next`]).
 const STAND_IN: &[u8] = b"GET / HTTP/1.1\r\nhost: edge\r\nconnection: close\r\n\r\n";
 
+/// The stand-ins for a refused request after which the connection goes on
+/// (a HEAD one, so that hyper sends no body to a HEAD request's client).
+const STAND_IN_KEEP: &[u8] = b"GET / HTTP/1.1\r\nhost: edge\r\n\r\n";
+const STAND_IN_KEEP_HEAD: &[u8] = b"HEAD / HTTP/1.1\r\nhost: edge\r\n\r\n";
+
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -200,6 +205,10 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
                 return false;
             }
         };
+        if parsed.unmet_expectation {
+            self.unmet_expectation(&parsed);
+            return !matches!(self.state, State::Closed);
+        }
         let check = (parsed.framing == Framing::Chunked)
             .then(|| Chunked::new(self.limits.max_header_bytes));
         if let Some(mut check) = check.clone() {
@@ -234,13 +243,41 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
         };
     }
 
+    /// Answer 417 to a request whose expectation cannot be met (RFC 9110
+    /// §10.1.1). A request with no body on a persistent connection is
+    /// dropped and the connection goes on; after one with a body (which
+    /// the client may or may not send now) the connection closes.
+    fn unmet_expectation(&mut self, parsed: &head::Head) {
+        let r = Reject::answer(
+            http::StatusCode::EXPECTATION_FAILED,
+            "an expectation other than 100-continue",
+        );
+        if parsed.framing != Framing::None || !parsed.persistent || parsed.upgrade {
+            self.refuse(r);
+            return;
+        }
+        tracing::debug!(why = r.why(), "refused a request; the connection goes on");
+        self.stats.count_reject(&r);
+        self.raw.advance(parsed.len);
+        self.conn
+            .reject_next(http::StatusCode::EXPECTATION_FAILED, false);
+        self.out.extend_from_slice(if parsed.head_method {
+            STAND_IN_KEEP_HEAD
+        } else {
+            STAND_IN_KEEP
+        });
+        self.first = false;
+        self.timer = None;
+        self.state = State::Head;
+    }
+
     /// Refuse the request at the front of `raw`, and all that follows.
     fn refuse(&mut self, r: Reject) {
         tracing::debug!(why = r.why(), status = ?r.status(), "refused a request");
         self.stats.count_reject(&r);
         self.raw.clear();
         if let Some(status) = r.status() {
-            self.conn.reject_next(status);
+            self.conn.reject_next(status, true);
             self.out.extend_from_slice(STAND_IN);
             self.refused = true;
         }

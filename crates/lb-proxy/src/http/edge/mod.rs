@@ -40,6 +40,7 @@
 //! | target over [`Limits::max_uri_bytes`] | 414 past 64 KiB | 414 |
 //! | header block over [`Limits::max_header_bytes`] | 431 past ~400 KiB | 431 |
 //! | no head within [`Limits::header_read_timeout`] | closed | 408, then closed |
+//! | `Expect` other than `100-continue` | forwarded | 417 (RFC 9110 §10.1.1); the connection goes on if the request has no body, else closes |
 //!
 //! A chunked body is checked before its head goes on as far as it has
 //! arrived; a fault found later (in a body still streaming) can no longer
@@ -141,7 +142,7 @@ impl Reject {
 }
 
 /// The statuses the edge answers, in [`EdgeStats`] order.
-const STATUSES: [u16; 6] = [400, 408, 414, 431, 501, 505];
+const STATUSES: [u16; 7] = [400, 408, 414, 417, 431, 501, 505];
 
 /// Counters of a [`Server`](super::Server)'s edge, shared by its
 /// connections.
@@ -166,7 +167,7 @@ impl EdgeStats {
         self.open.load(Relaxed)
     }
 
-    /// Requests the edge answered with `status` itself (400, 408, 414,
+    /// Requests the edge answered with `status` itself (400, 408, 414, 417,
     /// 431, 501 or 505) and never passed on.
     pub fn rejected(&self, status: StatusCode) -> u64 {
         STATUSES
