@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower_service::Service;
 
-use super::edge::{EdgeBody, EdgeConn, EdgeIo, EdgeStats, Limits};
+use super::edge::{Answering, EdgeBody, EdgeConn, EdgeIo, EdgeStats, Limits};
 use crate::pick::{BoxError, ClientAddr, LocalAddr};
 
 /// Serves a tower service to HTTP clients on a listener.
@@ -176,6 +176,13 @@ impl Server {
             .map(|n| Arc::new(Semaphore::new(n)));
         loop {
             let slot = match &slots {
+                Some(s) if s.available_permits() == 0 => {
+                    self.stats.count_at_limit();
+                    match s.clone().acquire_owned().await {
+                        Ok(permit) => Some(permit),
+                        Err(e) => return io::Error::other(e),
+                    }
+                }
                 Some(s) => match s.clone().acquire_owned().await {
                     Ok(permit) => Some(permit),
                     Err(e) => return io::Error::other(e),
@@ -235,7 +242,15 @@ impl Server {
                 let upgrade = req.version() == Version::HTTP_11
                     && req.headers().contains_key(header::UPGRADE);
                 std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
-                let resp = svc.call(req).await?;
+                let resp = if req.body().is_end_stream() {
+                    svc.call(req).await?
+                } else {
+                    // A body still to come may stall: the edge answers 408.
+                    match Answering::new(svc.call(req), edge.clone()).await {
+                        Ok(resp) => resp?,
+                        Err(refusal) => return Ok(EdgeBody::refusal(refusal, done)),
+                    }
+                };
                 if upgrade {
                     edge.decide_upgrade(resp.status() == StatusCode::SWITCHING_PROTOCOLS);
                 }

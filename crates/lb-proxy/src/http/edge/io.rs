@@ -5,12 +5,12 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use super::chunked::Chunked;
 use super::head::{self, Framing};
@@ -77,6 +77,11 @@ pub(crate) struct EdgeIo<T: AsyncRead + Unpin + Send + 'static> {
     /// Refused with an answer: linger on close.
     refused: bool,
     timer: Option<Pin<Box<Sleep>>>,
+    /// The body read timeout: made at the first wait on a body, reset at
+    /// each later one.
+    body_timer: Option<Pin<Box<Sleep>>>,
+    /// Waiting on the client for body bytes (the body timer runs).
+    body_waiting: bool,
     conn: Arc<EdgeConn>,
     limits: Limits,
     stats: Arc<EdgeStats>,
@@ -94,6 +99,8 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
             first: true,
             refused: false,
             timer: None,
+            body_timer: None,
+            body_waiting: false,
             conn,
             limits,
             stats,
@@ -236,6 +243,7 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
     }
 
     fn end_of_body(&mut self, upgrade: bool) {
+        self.body_waiting = false;
         self.state = if upgrade {
             State::AwaitUpgrade
         } else {
@@ -308,9 +316,57 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
         timer.as_mut().poll(cx).is_ready()
     }
 
+    /// Run the body read timeout while the client is waited on for body
+    /// bytes; true when it has run out.
+    fn poll_body_timer(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(limit) = self.limits.client_body_timeout else {
+            return false;
+        };
+        if !matches!(self.state, State::Body { .. } | State::Chunked { .. }) {
+            return false;
+        }
+        if !self.body_waiting {
+            self.body_waiting = true;
+            let Some(deadline) = Instant::now().checked_add(limit) else {
+                return false;
+            };
+            match self.body_timer.as_mut() {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.body_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        self.body_timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
+
+    /// The client sent no body bytes for the body timeout: 408 if the
+    /// service has not answered yet (the exchange with the backend is
+    /// dropped), else the connection is cut.
+    fn on_body_timeout(&mut self) {
+        self.body_waiting = false;
+        self.body_timer = None;
+        self.raw.clear();
+        self.stats.count_body_timeout();
+        if self.conn.body_timed_out() {
+            let r = Reject::answer(
+                http::StatusCode::REQUEST_TIMEOUT,
+                "no request body bytes in time",
+            );
+            tracing::debug!(why = r.why(), "refused a request");
+            self.stats.count_reject(&r);
+            self.refused = true;
+            self.state = State::Closed;
+        } else {
+            tracing::debug!("no request body bytes in time, after the response began; closing");
+            self.state = State::Broken("no request body bytes in time");
+        }
+    }
+
     fn on_timeout(&mut self) {
         self.timer = None;
         if self.first || !self.raw.is_empty() {
+            self.stats.count_header_timeout();
             let status = http::StatusCode::REQUEST_TIMEOUT;
             self.refuse(Reject::answer(status, "no request head in time"));
         } else {
@@ -337,7 +393,10 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
             self.raw.truncate(len + n);
             match polled {
                 Poll::Ready(Ok(())) if n == 0 => self.eof = true,
-                Poll::Ready(Ok(())) => got = true,
+                Poll::Ready(Ok(())) => {
+                    got = true;
+                    self.body_waiting = false;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending if got => break,
                 Poll::Pending => return Poll::Pending,
@@ -362,7 +421,7 @@ impl<T: AsyncRead + Unpin + Send + 'static> AsyncRead for EdgeIo<T> {
                 return Poll::Ready(Ok(()));
             }
             match &mut this.state {
-                State::Body { left, upgrade }
+                State::Body { left, .. }
                     if this.raw.is_empty()
                         && buf.remaining() > 0
                         && *left >= buf.remaining() as u64 =>
@@ -372,7 +431,17 @@ impl<T: AsyncRead + Unpin + Send + 'static> AsyncRead for EdgeIo<T> {
                         return Poll::Ready(Ok(()));
                     };
                     let before = buf.filled().len();
-                    ready!(Pin::new(io).poll_read(cx, buf))?;
+                    if Pin::new(io).poll_read(cx, buf)?.is_pending() {
+                        if this.poll_body_timer(cx) {
+                            this.on_body_timeout();
+                            continue;
+                        }
+                        return Poll::Pending;
+                    }
+                    let State::Body { left, upgrade } = &mut this.state else {
+                        return Poll::Ready(Ok(()));
+                    };
+                    this.body_waiting = false;
                     let n = (buf.filled().len() - before) as u64;
                     *left -= n;
                     if *left == 0 {
@@ -421,6 +490,10 @@ impl<T: AsyncRead + Unpin + Send + 'static> AsyncRead for EdgeIo<T> {
                 Poll::Pending => {
                     if this.poll_timer(cx) {
                         this.on_timeout();
+                        continue;
+                    }
+                    if this.poll_body_timer(cx) {
+                        this.on_body_timeout();
                         continue;
                     }
                     return Poll::Pending;

@@ -3,6 +3,7 @@
 //! protocol switch happened.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -32,8 +33,23 @@ pub(crate) struct EdgeConn {
     pending_refusals: AtomicU64,
     /// 0: no decision yet; 1: switched protocols; 2: did not.
     upgrade: AtomicU8,
+    /// The request being served: [`UNWATCHED`], [`SERVING`], [`ANSWERED`]
+    /// or [`TIMED_OUT`].
+    phase: AtomicU8,
     reader: Mutex<Option<Waker>>,
+    /// The service's task, waiting on the response of a request whose
+    /// body is still coming.
+    service: Mutex<Option<Waker>>,
 }
+
+/// No [`Answering`] watches the request being served.
+const UNWATCHED: u8 = 0;
+/// The service has not answered the request being served.
+const SERVING: u8 = 1;
+/// The service's response head is out.
+const ANSWERED: u8 = 2;
+/// Its body stalled before the service answered: the edge answers 408.
+const TIMED_OUT: u8 = 3;
 
 impl EdgeConn {
     /// Note a head handed to hyper.
@@ -88,6 +104,7 @@ impl EdgeConn {
     /// and a guard that marks its response done when dropped.
     pub(crate) fn begin(self: &Arc<Self>) -> (Option<Refusal>, ResponseGuard) {
         let n = self.called.fetch_add(1, SeqCst) + 1;
+        self.phase.store(UNWATCHED, SeqCst);
         let mut reject = None;
         if self.pending_refusals.load(SeqCst) > 0 {
             let mut q = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
@@ -97,6 +114,26 @@ impl EdgeConn {
             }
         }
         (reject, ResponseGuard(self.clone()))
+    }
+
+    /// The request body being read stalled: true if the service had not
+    /// answered yet (it will answer 408 instead, see [`Answering`]).
+    pub(crate) fn body_timed_out(&self) -> bool {
+        let won = self
+            .phase
+            .compare_exchange(SERVING, TIMED_OUT, SeqCst, SeqCst)
+            .is_ok();
+        if won {
+            let waker = self
+                .service
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+        won
     }
 
     /// Record whether a protocol switch request got `101`.
@@ -124,6 +161,57 @@ impl Drop for ResponseGuard {
     fn drop(&mut self) {
         self.0.done.fetch_add(1, SeqCst);
         self.0.wake();
+    }
+}
+
+pin_project! {
+    /// The service's response to a request whose body is still coming, or
+    /// the edge's 408 if the body stalls first: the service's future is
+    /// then dropped, and with it the exchange with the backend.
+    pub(crate) struct Answering<F> {
+        #[pin]
+        inner: F,
+        conn: Arc<EdgeConn>,
+    }
+}
+
+impl<F> Answering<F> {
+    /// Watch `inner`, the service's future for the request just begun.
+    pub(crate) fn new(inner: F, conn: Arc<EdgeConn>) -> Self {
+        conn.phase.store(SERVING, SeqCst);
+        Answering { inner, conn }
+    }
+}
+
+impl<F: Future> Future for Answering<F> {
+    type Output = Result<F::Output, Refusal>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let timed_out = Refusal {
+            at: 0,
+            status: StatusCode::REQUEST_TIMEOUT,
+            close: true,
+        };
+        if this.conn.phase.load(SeqCst) == TIMED_OUT {
+            return Poll::Ready(Err(timed_out));
+        }
+        if let Poll::Ready(out) = this.inner.poll(cx) {
+            let answered = this
+                .conn
+                .phase
+                .compare_exchange(SERVING, ANSWERED, SeqCst, SeqCst);
+            return Poll::Ready(match answered {
+                Err(TIMED_OUT) => Err(timed_out),
+                _ => Ok(out),
+            });
+        }
+        *this.conn.service.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        // The edge may have timed out between the first look and now.
+        if this.conn.phase.load(SeqCst) == TIMED_OUT {
+            return Poll::Ready(Err(timed_out));
+        }
+        Poll::Pending
     }
 }
 
