@@ -26,7 +26,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lb_proxy::admin::Admin;
 use lb_proxy::config::{BackendConfig, Config};
-use lb_proxy::http::proxy;
+use lb_proxy::http::{proxy, Server};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -193,8 +193,11 @@ async fn start(config: &Config) -> Result<Running, String> {
             .await
             .map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?;
         admin = Some(l.local_addr().map_err(|e| e.to_string())?);
-        let api = Admin::new(lb, "HTTP", listen, &config.scheduler);
-        tasks.push(tokio::spawn(server.serve(l, api)));
+        // The edge's counters show in /status and /metrics; the admin
+        // listener has a server of its own, so its clients are not counted.
+        let api = Admin::new(lb, "HTTP", listen, &config.scheduler).with_edge(server.stats());
+        let admin_server = Server::new().with_limits(*server.limits());
+        tasks.push(tokio::spawn(admin_server.serve(l, api)));
     }
     Ok(Running {
         _health: health,

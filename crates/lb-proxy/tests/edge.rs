@@ -217,6 +217,7 @@ async fn beyond_max_connections_clients_wait_for_a_slot() {
         "not served while two are open"
     );
     assert_eq!(stats.accepted(), 2);
+    assert_eq!(stats.limit_waits(), 1, "accepting paused at the limit");
 
     drop(held.pop());
     assert_eq!(
@@ -225,6 +226,7 @@ async fn beyond_max_connections_clients_wait_for_a_slot() {
     );
     assert_eq!(stats.accepted(), 3);
     assert!(until(STEP, || stats.open() == 2).await);
+    assert_eq!(stats.limit_waits(), 2, "and again with the third one in");
 }
 
 #[tokio::test]

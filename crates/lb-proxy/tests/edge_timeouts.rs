@@ -133,3 +133,76 @@ async fn a_body_that_stops_after_the_response_began_is_cut() {
         "no 408 then"
     );
 }
+
+#[tokio::test]
+async fn the_admin_api_reports_what_the_edge_refused() {
+    let p = probe().await;
+    let server = Server::new()
+        .header_read_timeout(Duration::from_millis(300))
+        .max_uri_bytes(64);
+    let stats = server.stats();
+    let proxy = proxy_with(&p, server).await;
+
+    let bad = b"GET / HTTP/1.1\r\nHost: t\r\nX: a\0b\r\n\r\n";
+    let long = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(100));
+    let unmet = b"GET / HTTP/1.1\r\nHost: t\r\nExpect: x\r\nConnection: close\r\n\r\n";
+    for (req, status) in [
+        (&bad[..], 400),
+        (long.as_bytes(), 414),
+        (&unmet[..], 417),
+        (b"", 408),
+    ] {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(req).await.unwrap();
+        assert_eq!(
+            read_answer(&mut s, 1, STEP).await,
+            Answer::Statuses(vec![status], false)
+        );
+    }
+    let lb = Balancer::new(Pool::new(), lb_sched::build("rr").unwrap());
+    let admin = lb_proxy::admin::Admin::new(lb, "HTTP", proxy.addr, "rr").with_edge(stats.clone());
+    let get = |uri: &str| {
+        let req = http::Request::get(uri).body(()).unwrap();
+        let resp = admin.handle(&req);
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body();
+        text_of(body)
+    };
+    let metrics = get("/metrics");
+    for (status, n) in [(400, 1), (408, 1), (414, 1), (417, 1), (431, 0)] {
+        let line = format!("\nlb_edge_rejected_total{{status=\"{status}\"}} {n}\n");
+        assert!(metrics.contains(&line), "{line:?} in {metrics}");
+    }
+    assert!(
+        metrics.contains("\nlb_edge_header_timeouts_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nlb_edge_connections_accepted_total 4\n"),
+        "{metrics}"
+    );
+    let json = get("/status?format=json");
+    assert!(
+        json.contains("\"rejected\":{\"400\":1,\"408\":1,\"414\":1,\"417\":1,"),
+        "{json}"
+    );
+    let text = get("/status");
+    assert!(
+        text.contains("Edge rejected 400=1 408=1 414=1 417=1 431=0"),
+        "{text}"
+    );
+    assert_eq!(stats.rejected_total(), 4);
+}
+
+/// The text of a ready `Full` body.
+fn text_of(body: http_body_util::Full<bytes::Bytes>) -> String {
+    use hyper::body::Body;
+    let mut body = std::pin::pin!(body);
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut out = Vec::new();
+    while let std::task::Poll::Ready(Some(Ok(f))) = body.as_mut().poll_frame(&mut cx) {
+        out.extend_from_slice(&f.into_data().unwrap_or_default());
+    }
+    String::from_utf8(out).unwrap()
+}

@@ -167,7 +167,7 @@ pub struct EdgeStats {
     idle_closed: AtomicU64,
     header_timeouts: AtomicU64,
     body_timeouts: AtomicU64,
-    refused_at_limit: AtomicU64,
+    limit_waits: AtomicU64,
 }
 
 impl EdgeStats {
@@ -188,6 +188,15 @@ impl EdgeStats {
             .iter()
             .position(|s| *s == status.as_u16())
             .map_or(0, |i| self.answered[i].load(Relaxed))
+    }
+
+    /// Every status the edge answers itself, with its count
+    /// ([`rejected`](EdgeStats::rejected) of each), in increasing order.
+    pub fn rejections(&self) -> impl Iterator<Item = (StatusCode, u64)> + '_ {
+        STATUSES
+            .iter()
+            .zip(&self.answered)
+            .filter_map(|(s, n)| StatusCode::from_u16(*s).ok().map(|s| (s, n.load(Relaxed))))
     }
 
     /// Requests refused by closing the connection unanswered (HTTP/0.9).
@@ -225,12 +234,12 @@ impl EdgeStats {
         self.body_timeouts.load(Relaxed)
     }
 
-    /// Times a client connection was accepted only after waiting for a
-    /// free slot: the server was at [`Limits::max_connections`] when it
-    /// was ready to accept. (Clients wait in the listen backlog then; the
-    /// kernel refuses those beyond it, which no counter here sees.)
-    pub fn refused_at_limit(&self) -> u64 {
-        self.refused_at_limit.load(Relaxed)
+    /// Times accepting paused because [`Limits::max_connections`]
+    /// connections were open. (New clients wait in the listen backlog
+    /// meanwhile; the kernel refuses those beyond it, which no counter here
+    /// sees.)
+    pub fn limit_waits(&self) -> u64 {
+        self.limit_waits.load(Relaxed)
     }
 
     pub(crate) fn count_header_timeout(&self) {
@@ -242,7 +251,7 @@ impl EdgeStats {
     }
 
     pub(crate) fn count_at_limit(&self) {
-        self.refused_at_limit.fetch_add(1, Relaxed);
+        self.limit_waits.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn count_reject(&self, r: &Reject) {
