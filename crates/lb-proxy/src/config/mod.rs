@@ -444,6 +444,7 @@ impl Config {
             connect_timeout: Some(self.timeouts.connect),
             response_timeout: Some(self.timeouts.response),
             idle_timeout: Some(self.timeouts.idle),
+            tunnel_timeout: Some(self.timeouts.tunnel),
             host: self.host.clone(),
             forwarded_headers: self.forwarded_headers,
             max_idle_per_backend: self
