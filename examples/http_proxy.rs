@@ -63,6 +63,15 @@ struct Args {
     /// Where the admin API listens (status, metrics, runtime changes).
     #[arg(long)]
     admin: Option<SocketAddr>,
+    /// Close a request whose body the client stops sending for this long,
+    /// with 408 (nginx client_body_timeout; overrides [timeouts]
+    /// client_body; default 60s).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    client_body_timeout: Option<std::time::Duration>,
+    /// Close a WebSocket/Upgrade tunnel silent both ways for this long
+    /// (HAProxy timeout tunnel; overrides [timeouts] tunnel; default 1h).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    tunnel_timeout: Option<std::time::Duration>,
     /// Runtime worker threads (default: one per CPU). With 1, everything
     /// runs on the main thread (tokio's current-thread runtime).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
@@ -106,7 +115,22 @@ fn main() -> ExitCode {
     }
 }
 
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    lb_proxy::config::parse_duration(s)
+}
+
 fn config_from(args: &Args) -> Result<Config, String> {
+    let mut config = config_of(args)?;
+    if let Some(t) = args.client_body_timeout {
+        config.timeouts.client_body = t;
+    }
+    if let Some(t) = args.tunnel_timeout {
+        config.timeouts.tunnel = t;
+    }
+    Ok(config)
+}
+
+fn config_of(args: &Args) -> Result<Config, String> {
     if let Some(path) = &args.config {
         return Config::load(path).map_err(|e| e.to_string());
     }
