@@ -228,7 +228,7 @@ impl Server {
         let _ = stream.set_nodelay(true);
         let open = self.stats.open_guard();
         let edge = Arc::new(EdgeConn::default());
-        let io = EdgeIo::new(stream, edge.clone(), self.limits, self.stats.clone());
+        let mut io = EdgeIo::new(stream, edge.clone(), self.limits, self.stats.clone());
         let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let (refusal, done) = edge.begin();
             let edge = edge.clone();
@@ -258,9 +258,13 @@ impl Server {
             }
         });
         async move {
-            let conn = self
-                .builder
-                .serve_connection_with_upgrades(TokioIo::new(io), hyper_svc);
+            // hyper (boxed: the task stays small until then) only once the
+            // client has sent a head: see `EdgeIo::poll_first`.
+            std::future::poll_fn(|cx| io.poll_first(cx)).await;
+            let conn = Box::pin(
+                self.builder
+                    .serve_connection_with_upgrades(TokioIo::new(io), hyper_svc),
+            );
             if let Err(e) = conn.await {
                 tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
             }

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -31,6 +32,9 @@ const STAND_IN_KEEP_HEAD: &[u8] = b"HEAD / HTTP/1.1\r\nhost: edge\r\n\r\n";
 
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Buffers larger than this are freed, not kept, when emptied.
+const SMALL: usize = 4 * 1024;
 
 /// Room past a head for the body bytes checked before the head goes on.
 const BODY_WINDOW: usize = 64 * 1024;
@@ -112,9 +116,50 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
         self.limits.max_uri_bytes + self.limits.max_header_bytes + BODY_WINDOW
     }
 
+    /// Ready once hyper has something to read (a checked head, a refusal's
+    /// stand-in, HTTP/2 bytes) or the connection is over: hyper, and its
+    /// buffers, are set up only then, so that a client that is slow to
+    /// send its first head costs little more than its socket. The header
+    /// read timeout runs meanwhile.
+    pub(crate) fn poll_first(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if !self.out.is_empty() || !matches!(self.state, State::Start | State::Head) {
+                return Poll::Ready(());
+            }
+            self.advance();
+            if !self.out.is_empty() || !matches!(self.state, State::Start | State::Head) {
+                return Poll::Ready(());
+            }
+            if self.eof {
+                return Poll::Ready(());
+            }
+            match self.fill(cx) {
+                Poll::Ready(Ok(())) => {}
+                // hyper meets the error (or the end) at its first read.
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => {
+                    if self.poll_timer(cx) {
+                        self.on_timeout();
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
     /// Check what `raw` holds, moving what passes to `out`, until more
     /// bytes (or a decision from the service) are needed.
     fn advance(&mut self) {
+        self.check();
+        // Give back a large buffer once emptied (after a body): an idle
+        // keep-alive connection keeps no read chunk.
+        if self.raw.is_empty() && self.raw.capacity() > SMALL {
+            self.raw = BytesMut::new();
+        }
+    }
+
+    fn check(&mut self) {
         loop {
             let progressed = match &mut self.state {
                 State::Start => self.start(),
@@ -384,13 +429,15 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
             return Poll::Ready(Ok(()));
         };
         let mut got = false;
+        // Read on the stack and keep only what came: a client dribbling a
+        // head holds a few bytes here, not a whole read chunk.
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         while !self.eof && self.raw.len() < cap {
-            let len = self.raw.len();
-            self.raw.resize(len + READ_CHUNK, 0);
-            let mut rb = ReadBuf::new(&mut self.raw[len..]);
+            let want = (cap - self.raw.len()).min(READ_CHUNK);
+            let mut rb = ReadBuf::uninit(&mut chunk[..want]);
             let polled = Pin::new(&mut *io).poll_read(cx, &mut rb);
             let n = rb.filled().len();
-            self.raw.truncate(len + n);
+            self.raw.extend_from_slice(rb.filled());
             match polled {
                 Poll::Ready(Ok(())) if n == 0 => self.eof = true,
                 Poll::Ready(Ok(())) => {
@@ -418,6 +465,9 @@ impl<T: AsyncRead + Unpin + Send + 'static> AsyncRead for EdgeIo<T> {
                 let n = this.out.len().min(buf.remaining());
                 buf.put_slice(&this.out[..n]);
                 this.out.advance(n);
+                if this.out.is_empty() && this.out.capacity() > SMALL {
+                    this.out = BytesMut::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             match &mut this.state {
