@@ -26,7 +26,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lb_proxy::admin::Admin;
 use lb_proxy::config::{BackendConfig, Config};
-use lb_proxy::http::proxy;
+use lb_proxy::http::{proxy, Server};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -63,6 +63,15 @@ struct Args {
     /// Where the admin API listens (status, metrics, runtime changes).
     #[arg(long)]
     admin: Option<SocketAddr>,
+    /// Close a request whose body the client stops sending for this long,
+    /// with 408 (nginx client_body_timeout; overrides [timeouts]
+    /// client_body; default 60s).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    client_body_timeout: Option<std::time::Duration>,
+    /// Close a WebSocket/Upgrade tunnel silent both ways for this long
+    /// (HAProxy timeout tunnel; overrides [timeouts] tunnel; default 1h).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    tunnel_timeout: Option<std::time::Duration>,
     /// Runtime worker threads (default: one per CPU). With 1, everything
     /// runs on the main thread (tokio's current-thread runtime).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
@@ -106,7 +115,22 @@ fn main() -> ExitCode {
     }
 }
 
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    lb_proxy::config::parse_duration(s)
+}
+
 fn config_from(args: &Args) -> Result<Config, String> {
+    let mut config = config_of(args)?;
+    if let Some(t) = args.client_body_timeout {
+        config.timeouts.client_body = t;
+    }
+    if let Some(t) = args.tunnel_timeout {
+        config.timeouts.tunnel = t;
+    }
+    Ok(config)
+}
+
+fn config_of(args: &Args) -> Result<Config, String> {
     if let Some(path) = &args.config {
         return Config::load(path).map_err(|e| e.to_string());
     }
@@ -194,8 +218,11 @@ async fn start(config: &Config) -> Result<Running, String> {
             .await
             .map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?;
         admin = Some(l.local_addr().map_err(|e| e.to_string())?);
-        let api = Admin::new(lb, "HTTP", listen, &config.scheduler);
-        tasks.push(tokio::spawn(server.serve(l, api)));
+        // The edge's counters show in /status and /metrics; the admin
+        // listener has a server of its own, so its clients are not counted.
+        let api = Admin::new(lb, "HTTP", listen, &config.scheduler).with_edge(server.stats());
+        let admin_server = Server::new().with_limits(*server.limits());
+        tasks.push(tokio::spawn(admin_server.serve(l, api)));
     }
     Ok(Running {
         _health: health,

@@ -39,7 +39,9 @@ struct Args {
     /// How long a connect to a backend may take before the next is tried (ms, s or m).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     connect_timeout: Duration,
-    /// Close a connection on which nothing moved for this long (ms, s or m).
+    /// Close a connection on which nothing moved either way for this long
+    /// (ms, s or m): HAProxy's `timeout tunnel` (or `timeout client` /
+    /// `timeout server`) in `mode tcp`.
     #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_duration)]
     idle_timeout: Duration,
     /// Backends tried per client connection before it is reset.

@@ -15,6 +15,10 @@
 //! flight carry on untouched (a removed backend's keep their counters), new
 //! ones see the change at once. Names and values in the URI may be
 //! percent-encoded (`addr=%5B%3A%3A1%5D%3A80` for `[::1]:80`).
+//!
+//! With [`Admin::with_edge`], `/status` and `/metrics` also show the HTTP
+//! server's edge counters (requests refused by status, header and body
+//! timeouts, open connections, pauses at the connection limit).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -31,6 +35,7 @@ use lb_sched::Balancer;
 use tower_service::Service;
 
 use crate::config::parse_duration;
+use crate::http::EdgeStats;
 use crate::status;
 
 /// The admin API service (see the [module docs](self)).
@@ -39,13 +44,14 @@ pub struct Admin {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Inner {
     lb: Balancer,
     proto: &'static str,
     listen: SocketAddr,
     scheduler: String,
     drain_deadline: Duration,
+    edge: Option<Arc<EdgeStats>>,
 }
 
 impl Admin {
@@ -59,8 +65,24 @@ impl Admin {
                 listen,
                 scheduler: scheduler.to_owned(),
                 drain_deadline: Duration::from_secs(30),
+                edge: None,
             }),
         }
+    }
+
+    /// Show the counters of the HTTP server's edge
+    /// ([`Server::stats`](crate::http::Server::stats)) in `/status` and
+    /// `/metrics`.
+    pub fn with_edge(mut self, stats: Arc<EdgeStats>) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.edge = Some(stats),
+            None => {
+                let mut inner = Inner::clone(&self.inner);
+                inner.edge = Some(stats);
+                self.inner = Arc::new(inner);
+            }
+        }
+        self
     }
 
     /// Answer one request (the same as the service's `call`).
@@ -99,6 +121,7 @@ impl Admin {
             listen: self.inner.listen,
             scheduler: &self.inner.scheduler,
             snapshot: snap,
+            edge: self.inner.edge.as_deref(),
         }
     }
 

@@ -11,7 +11,7 @@
 //! | [`http::ErrorPages`] | answers failures: 503 no backend or none could be connected to, 504 response timeout, 502 otherwise, 400 when the client's body broke off |
 //! | [`http::Server`] | HTTP/1.1 and h2c clients on one listener, with client addresses, behind [the edge](http::edge): strict RFC 9112 parsing of every request (smuggling vectors refused), 408 header timeout, URI / header block / field count limits, a cap on open connections |
 //! | [`http::RedirectLayer`] | balancing by `302` redirects to the chosen backend |
-//! | [`drain()`] | quiesce a backend and wait for its connections to finish |
+//! | [`drain()`] | quiesce a backend, wait for its connections to finish, close what is left at the deadline |
 //! | [`tcp::TcpProxy`] | layer-4 forwarding (HAProxy `mode tcp`): a backend per client connection, refused connects retried on the next backend, both directions copied with half-close and an idle timeout |
 //! | [`nginx_conf`] | nginx `upstream { ... }` blocks (or a whole `nginx.conf`) as configuration |
 //! | [`config`], [`status`], [`admin`] | nginx-upstream-like TOML configuration, `ipvsadm -Ln`-like status, Prometheus metrics, and an HTTP admin API for runtime changes |

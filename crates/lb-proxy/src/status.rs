@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 
 use lb_core::{Member, Snapshot};
 
+use crate::http::EdgeStats;
+
 /// What a status report is about: the service and its pool.
 #[derive(Clone, Copy, Debug)]
 pub struct Service<'a> {
@@ -17,6 +19,86 @@ pub struct Service<'a> {
     pub scheduler: &'a str,
     /// The pool's current snapshot.
     pub snapshot: &'a Snapshot,
+    /// The counters of the HTTP server's edge, if there is one.
+    pub edge: Option<&'a EdgeStats>,
+}
+
+/// The edge's counters by name, in the order reports give them: `(name,
+/// Prometheus metric, kind, help, value)`. Rejections by status come apart.
+fn edge_counters(
+    e: &EdgeStats,
+) -> [(&'static str, &'static str, &'static str, &'static str, u64); 8] {
+    [
+        (
+            "open",
+            "lb_edge_connections_open",
+            "gauge",
+            "Client connections open now.",
+            e.open(),
+        ),
+        (
+            "accepted",
+            "lb_edge_connections_accepted_total",
+            "counter",
+            "Client connections accepted.",
+            e.accepted(),
+        ),
+        (
+            "limit_waits",
+            "lb_edge_connection_limit_waits_total",
+            "counter",
+            "Times accepting paused at the connection limit.",
+            e.limit_waits(),
+        ),
+        (
+            "header_timeouts",
+            "lb_edge_header_timeouts_total",
+            "counter",
+            "Clients that sent no request head in time (408).",
+            e.header_timeouts(),
+        ),
+        (
+            "body_timeouts",
+            "lb_edge_body_timeouts_total",
+            "counter",
+            "Request bodies stalled past the body timeout (408, or cut).",
+            e.body_timeouts(),
+        ),
+        (
+            "idle_closed",
+            "lb_edge_idle_closed_total",
+            "counter",
+            "Keep-alive connections closed for sending no next request in time.",
+            e.idle_closed(),
+        ),
+        (
+            "bad_bodies",
+            "lb_edge_bad_bodies_total",
+            "counter",
+            "Chunked bodies found malformed after their head went on (cut).",
+            e.bad_bodies(),
+        ),
+        (
+            "unanswered",
+            "lb_edge_closed_unanswered_total",
+            "counter",
+            "Requests refused by closing unanswered (HTTP/0.9).",
+            e.unanswered(),
+        ),
+    ]
+}
+
+/// The edge lines of the text table.
+fn edge_table(out: &mut String, e: &EdgeStats) {
+    out.push_str("Edge");
+    for (name, _, _, _, v) in edge_counters(e) {
+        let _ = write!(out, " {name}={v}");
+    }
+    out.push_str("\nEdge rejected");
+    for (status, n) in e.rejections() {
+        let _ = write!(out, " {}={n}", status.as_u16());
+    }
+    out.push('\n');
 }
 
 fn health(m: &Member) -> String {
@@ -35,6 +117,14 @@ fn health(m: &Member) -> String {
 ///   -> Backend          RemoteAddress:Port     Weight ActiveConn InActConn Health      Total   Failures
 /// HTTP 127.0.0.1:8080 wrr
 ///   -> web1             127.0.0.1:9001         2      0          0         up          12      0
+/// ```
+///
+/// With an [edge](Service::edge), two lines follow: its counters, and the
+/// requests it refused by status:
+///
+/// ```text
+/// Edge open=3 accepted=120 limit_waits=0 header_timeouts=2 body_timeouts=0 idle_closed=5 bad_bodies=0 unanswered=0
+/// Edge rejected 400=4 408=2 414=0 417=0 431=1 501=0 505=0
 /// ```
 pub fn table(s: &Service<'_>) -> String {
     let mut out = String::with_capacity(256 + 128 * s.snapshot.len());
@@ -60,6 +150,9 @@ pub fn table(s: &Service<'_>) -> String {
             c.total(),
             c.failures()
         );
+    }
+    if let Some(e) = s.edge {
+        edge_table(&mut out, e);
     }
     out
 }
@@ -87,7 +180,10 @@ fn json_str(out: &mut String, s: &str) {
 /// `{"proto":..,"listen":..,"scheduler":..,"backends":[{"name":..,"addr":..,
 /// "weight":..,"configured_weight":..,"active":..,"inactive":..,"health":..,
 /// "backup":..,"max_conns":..,"total":..,"successes":..,"failures":..,
-/// "bytes_in":..,"bytes_out":..,"latency_ewma_us":..}]}`.
+/// "bytes_in":..,"bytes_out":..,"latency_ewma_us":..}]}`, and with an
+/// [edge](Service::edge), `"edge":{"open":..,"accepted":..,"limit_waits":..,
+/// "header_timeouts":..,"body_timeouts":..,"idle_closed":..,"bad_bodies":..,
+/// "unanswered":..,"rejected":{"400":..,"408":..,...}}` after the backends.
 pub fn json(s: &Service<'_>) -> String {
     let mut out = String::with_capacity(128 + 320 * s.snapshot.len());
     out.push_str("{\"proto\":");
@@ -125,7 +221,20 @@ pub fn json(s: &Service<'_>) -> String {
             c.latency_ewma_us()
         );
     }
-    out.push_str("]}\n");
+    out.push(']');
+    if let Some(e) = s.edge {
+        out.push_str(",\"edge\":{");
+        for (name, _, _, _, v) in edge_counters(e) {
+            let _ = write!(out, "\"{name}\":{v},");
+        }
+        out.push_str("\"rejected\":{");
+        for (i, (status, n)) in e.rejections().enumerate() {
+            let sep = if i > 0 { "," } else { "" };
+            let _ = write!(out, "{sep}\"{}\":{n}", status.as_u16());
+        }
+        out.push_str("}}");
+    }
+    out.push_str("}\n");
     out
 }
 
@@ -142,7 +251,9 @@ fn label(out: &mut String, s: &str) {
 }
 
 /// Prometheus text exposition (version 0.0.4) of every backend's counters,
-/// labelled `backend` and `addr`.
+/// labelled `backend` and `addr`; with an [edge](Service::edge), its
+/// counters too (`lb_edge_*`, rejections as
+/// `lb_edge_rejected_total{status="400"}`).
 pub fn prometheus(s: &Service<'_>) -> String {
     type Get = fn(&Member) -> f64;
     let metrics: [(&str, &str, &str, Get); 10] = [
@@ -217,6 +328,20 @@ pub fn prometheus(s: &Service<'_>) -> String {
             let _ = writeln!(out, "\",addr=\"{}\"}} {}", m.addr(), get(m));
         }
     }
+    if let Some(e) = s.edge {
+        for (_, name, kind, help, v) in edge_counters(e) {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+        let name = "lb_edge_rejected_total";
+        let help = "Requests the edge answered with an error itself, by status.";
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (status, n) in e.rejections() {
+            let _ = writeln!(out, "{name}{{status=\"{}\"}} {n}", status.as_u16());
+        }
+    }
     out
 }
 
@@ -251,6 +376,7 @@ mod tests {
             listen: "127.0.0.1:8080".parse().unwrap(),
             scheduler: "wrr",
             snapshot: &snap,
+            edge: None,
         };
         let t = table(&s);
         let rows: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();
@@ -294,6 +420,7 @@ mod tests {
             listen: "127.0.0.1:8080".parse().unwrap(),
             scheduler: "wrr",
             snapshot: &snap,
+            edge: None,
         };
         let j = json(&s);
         assert!(
@@ -320,5 +447,56 @@ mod tests {
             p.contains("# TYPE lb_backend_connections_total counter\n"),
             "{p}"
         );
+    }
+
+    #[test]
+    fn the_edge_shows_in_every_format() {
+        use crate::http::edge::Reject;
+        use http::StatusCode;
+        let pool = pool();
+        let snap = pool.load();
+        let edge = std::sync::Arc::new(EdgeStats::default());
+        let _open = edge.open_guard();
+        for _ in 0..2 {
+            edge.count_reject(&Reject::answer(StatusCode::BAD_REQUEST, "x"));
+        }
+        edge.count_reject(&Reject::answer(StatusCode::EXPECTATION_FAILED, "x"));
+        edge.count_header_timeout();
+        let s = Service {
+            proto: "HTTP",
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            scheduler: "wrr",
+            snapshot: &snap,
+            edge: Some(&edge),
+        };
+        let t = table(&s);
+        assert!(
+            t.contains("\nEdge open=1 accepted=1 limit_waits=0 header_timeouts=1 "),
+            "{t}"
+        );
+        assert!(
+            t.contains("\nEdge rejected 400=2 408=0 414=0 417=1 431=0 501=0 505=0\n"),
+            "{t}"
+        );
+        let j = json(&s);
+        assert!(j.ends_with("],\"edge\":{\"open\":1,\"accepted\":1,\"limit_waits\":0,\"header_timeouts\":1,\
+            \"body_timeouts\":0,\"idle_closed\":0,\"bad_bodies\":0,\"unanswered\":0,\
+            \"rejected\":{\"400\":2,\"408\":0,\"414\":0,\"417\":1,\"431\":0,\"501\":0,\"505\":0}}}\n"), "{j}");
+        let p = prometheus(&s);
+        assert!(
+            p.contains("\nlb_edge_rejected_total{status=\"400\"} 2\n"),
+            "{p}"
+        );
+        assert!(
+            p.contains("\nlb_edge_rejected_total{status=\"417\"} 1\n"),
+            "{p}"
+        );
+        assert!(
+            p.contains("# TYPE lb_edge_connections_open gauge\nlb_edge_connections_open 1\n"),
+            "{p}"
+        );
+        assert!(p.contains("\nlb_edge_header_timeouts_total 1\n"), "{p}");
+        let without = prometheus(&Service { edge: None, ..s });
+        assert!(!without.contains("lb_edge"), "{without}");
     }
 }

@@ -217,6 +217,7 @@ async fn beyond_max_connections_clients_wait_for_a_slot() {
         "not served while two are open"
     );
     assert_eq!(stats.accepted(), 2);
+    assert_eq!(stats.limit_waits(), 1, "accepting paused at the limit");
 
     drop(held.pop());
     assert_eq!(
@@ -225,6 +226,7 @@ async fn beyond_max_connections_clients_wait_for_a_slot() {
     );
     assert_eq!(stats.accepted(), 3);
     assert!(until(STEP, || stats.open() == 2).await);
+    assert_eq!(stats.limit_waits(), 2, "and again with the third one in");
 }
 
 #[tokio::test]
@@ -297,6 +299,59 @@ async fn expect_continue_passes_the_head_on_before_the_body() {
         *p.seen.bodies.lock(),
         vec![("/e".to_owned(), BodyEnd::Complete(5))]
     );
+}
+
+#[tokio::test]
+async fn an_unknown_expectation_is_answered_417_and_never_forwarded() {
+    let p = probe().await;
+    let server = Server::new();
+    let stats = server.stats();
+    let proxy = proxy_with(&p, server).await;
+
+    // No body: 417, and the same connection serves the next request (a
+    // HEAD one's 417 has no body, or the next answer would be misread).
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"HEAD /x HTTP/1.1\r\nHost: t\r\nExpect: x-y\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(STEP, tokio::io::AsyncReadExt::read(&mut s, &mut buf))
+        .await
+        .expect("417 in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(text.starts_with("HTTP/1.1 417 "), "{text:?}");
+    assert!(text.ends_with("\r\n\r\n"), "no body after a HEAD: {text:?}");
+    s.write_all(
+        b"GET /y HTTP/1.1\r\nHost: t\r\nExpect: foo\r\n\r\nGET /ok HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        read_answer(&mut s, 2, STEP).await,
+        Answer::Statuses(vec![417, 200], false)
+    );
+
+    // With a body: 417, then closed.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"PUT /z HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nExpect: 100-continue, more\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        read_answer(&mut s, 1, STEP).await,
+        Answer::Statuses(vec![417], false)
+    );
+    assert!(closed_silently(&mut s, STEP).await, "closed after the 417");
+
+    assert_eq!(
+        *p.seen.started.lock(),
+        vec!["/ok".to_owned()],
+        "only the good one went on"
+    );
+    assert_eq!(stats.rejected(StatusCode::EXPECTATION_FAILED), 3);
+    assert_eq!(stats.rejected_total(), 3);
 }
 
 #[tokio::test]

@@ -223,3 +223,113 @@ fn services_and_futures_are_shareable() {
     shareable::<lb_proxy::BalanceLayer>();
     sendable::<lb_proxy::ResponseFuture<lb_proxy::http::Forward, hyper::body::Incoming>>();
 }
+
+/// Read `s` until the end of a response head; the head.
+async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(STEP, s.read_exact(&mut byte))
+            .await
+            .expect("a response head in time")
+            .unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).to_ascii_lowercase()
+}
+
+/// Read `s` to its end (EOF or reset); false if it went on past `STEP`.
+async fn read_to_close(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    let drained = async {
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(STEP, drained).await.is_ok()
+}
+
+#[tokio::test]
+async fn a_drain_closes_slow_requests_and_cuts_started_responses_at_its_deadline() {
+    use lb_core::{Backend, Pool};
+    use support::probe::probe;
+    use tokio::io::AsyncWriteExt;
+    let p = probe().await;
+    let pool = Pool::new();
+    let id = pool.add(Backend::new("probe", p.addr)).unwrap();
+    let lb = lb_sched::Balancer::new(pool.clone(), lb_sched::build("rr").unwrap());
+    let proxy = start_proxy("127.0.0.1", BalanceLayer::new(lb), ForwardConfig::default()).await;
+
+    // A request the backend never answers, and a response that never ends.
+    let mut slow = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    slow.write_all(b"POST /hold HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut endless = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    endless
+        .write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut endless).await.starts_with("http/1.1 200"));
+    let seen = p.seen.clone();
+    assert!(support::probe::until(STEP, || seen.started.lock().len() == 2).await);
+
+    let drained = tokio::time::timeout(
+        STEP,
+        lb_proxy::drain(pool.clone(), id, Duration::from_millis(300)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!((drained.left, drained.closed), (2, 2), "{drained}");
+    let head = read_head(&mut slow).await;
+    assert!(head.starts_with("http/1.1 502"), "{head}");
+    assert!(
+        read_to_close(&mut endless).await,
+        "the endless response was cut"
+    );
+    let m = pool.load().get(id).unwrap().clone();
+    assert!(
+        support::probe::until(STEP, || m.conns() == 0).await,
+        "off the counters"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_websocket_tunnel_is_closed_after_the_tunnel_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = backend("a", "127.0.0.1").await;
+    let lb = balancer(&[(&a, 1)], "rr");
+    let forward = ForwardConfig {
+        tunnel_timeout: Some(Duration::from_millis(300)),
+        ..ForwardConfig::default()
+    };
+    let p = start_proxy("127.0.0.1", BalanceLayer::new(lb.clone()), forward).await;
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(read_head(&mut s).await.starts_with("http/1.1 101"));
+    // Traffic every 100 ms keeps it open past the timeout...
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(b"ping").await.unwrap();
+        let mut echo = [0u8; 4];
+        tokio::time::timeout(STEP, s.read_exact(&mut echo))
+            .await
+            .expect("echoed")
+            .unwrap();
+        assert_eq!(&echo, b"ping");
+    }
+    // ...silence closes it, and its backend counts it no more.
+    assert!(read_to_close(&mut s).await, "closed after the silence");
+    let m = lb.pool().load().members()[0].clone();
+    assert!(support::probe::until(STEP, || m.conns() == 0).await);
+}

@@ -493,3 +493,65 @@ async fn ipv6_loopback_works_end_to_end() {
     drop(s);
     all_closed(&pool).await;
 }
+
+#[tokio::test]
+async fn a_drain_closes_long_connections_at_its_deadline() {
+    let pool = pool_of(&[
+        ("a", echo_backend("a", "127.0.0.1:0").await),
+        ("b", echo_backend("b", "127.0.0.1:0").await),
+    ]);
+    let lb = Balancer::new(pool.clone(), lb_sched::build("rr").unwrap());
+    let proxy = start(TcpProxy::new(lb), "127.0.0.1:0").await;
+    let (first, mut on_a) = hello(proxy).await;
+    let (second, mut on_b) = hello(proxy).await;
+    assert_eq!((first.as_str(), second.as_str()), ("a", "b"));
+    let a = pool.load().members()[0].id();
+
+    let drained = timeout(
+        PATIENCE,
+        lb_proxy::drain(pool.clone(), a, Duration::from_millis(300)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!((drained.left, drained.closed), (1, 1), "{drained}");
+    // The client on a sees its connection closed; the one on b carries on.
+    let mut rest = Vec::new();
+    timeout(PATIENCE, on_a.read_to_end(&mut rest))
+        .await
+        .expect("closed at the deadline")
+        .unwrap();
+    assert!(rest.is_empty());
+    on_b.get_mut().write_all(b"ping\n").await.unwrap();
+    let mut line = String::new();
+    timeout(PATIENCE, on_b.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        line, "ping\n",
+        "the other backend's connection is untouched"
+    );
+    let m = pool.load().get(a).unwrap().clone();
+    let deadline = Instant::now() + PATIENCE;
+    while m.conns() > 0 && Instant::now() < deadline {
+        sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(m.conns(), 0, "off the counters");
+}
+
+#[tokio::test]
+async fn a_drain_with_nothing_in_flight_resolves_at_once() {
+    let pool = pool_of(&[("a", echo_backend("a", "127.0.0.1:0").await)]);
+    let a = pool.load().members()[0].id();
+    // An hour's deadline: only an empty backend lets this test finish.
+    let drained = timeout(
+        PATIENCE,
+        lb_proxy::drain(pool.clone(), a, Duration::from_secs(3600)),
+    )
+    .await
+    .expect("resolved without waiting for the deadline")
+    .unwrap();
+    assert!(drained.is_complete());
+    assert_eq!((drained.left, drained.closed), (0, 0));
+}

@@ -18,6 +18,8 @@
 //! response = "60s"                  # until the response head
 //! idle = "60s"                      # between body pieces; idle keep-alive
 //! client_header = "10s"             # a client's request head (408 after)
+//! client_body = "60s"               # between two reads of a request body (408 after)
+//! tunnel = "1h"                     # a WebSocket/Upgrade tunnel silent both ways is closed
 //!
 //! [limits]                          # on clients, checked before hyper reads
 //! max_connections = 10000           # open at once; beyond, accepting pauses (0 = no limit)
@@ -145,6 +147,12 @@ pub struct Timeouts {
     pub idle: Duration,
     /// Waiting for a client's request head (408 when it runs out).
     pub client_header: Duration,
+    /// Waiting for the next piece of a client's request body (nginx
+    /// `client_body_timeout`; 408 when it runs out).
+    pub client_body: Duration,
+    /// Silence both ways on an upgraded (WebSocket) tunnel before it is
+    /// closed (HAProxy `timeout tunnel`).
+    pub tunnel: Duration,
 }
 
 impl Default for Timeouts {
@@ -154,6 +162,8 @@ impl Default for Timeouts {
             response: Duration::from_secs(60),
             idle: Duration::from_secs(60),
             client_header: Duration::from_secs(10),
+            client_body: Duration::from_secs(60),
+            tunnel: Duration::from_secs(3600),
         }
     }
 }
@@ -445,6 +455,7 @@ impl Config {
         let l = &self.limits;
         Server::new().with_limits(Limits {
             header_read_timeout: Some(self.timeouts.client_header),
+            client_body_timeout: Some(self.timeouts.client_body),
             max_uri_bytes: l.max_uri_bytes as usize,
             max_header_bytes: l.max_header_bytes as usize,
             max_headers: l.max_headers as usize,
@@ -458,6 +469,7 @@ impl Config {
             connect_timeout: Some(self.timeouts.connect),
             response_timeout: Some(self.timeouts.response),
             idle_timeout: Some(self.timeouts.idle),
+            tunnel_timeout: Some(self.timeouts.tunnel),
             host: self.host.clone(),
             forwarded_headers: self.forwarded_headers,
             max_idle_per_backend: self

@@ -60,6 +60,8 @@ struct RawTimeouts {
     response: Option<Spanned<Value>>,
     idle: Option<Spanned<Value>>,
     client_header: Option<Spanned<Value>>,
+    client_body: Option<Spanned<Value>>,
+    tunnel: Option<Spanned<Value>>,
 }
 
 #[derive(Deserialize)]
@@ -324,6 +326,8 @@ fn timeouts(src: &Src<'_>, t: &RawTimeouts) -> Result<Timeouts, ConfigError> {
             &t.client_header,
             &mut out.client_header,
         ),
+        ("timeouts.client_body", &t.client_body, &mut out.client_body),
+        ("timeouts.tunnel", &t.tunnel, &mut out.tunnel),
     ];
     for (key, raw, slot) in fields {
         if let Some(v) = raw {

@@ -53,6 +53,9 @@ pub struct ForwardConfig {
     /// `proxy_read_timeout` for the body, 60 s); also how long an idle
     /// keep-alive connection to a backend is kept.
     pub idle_timeout: Option<Duration>,
+    /// Limit on silence both ways in an upgraded (WebSocket) tunnel, after
+    /// which it is closed (HAProxy `timeout tunnel`). Default 1 h.
+    pub tunnel_timeout: Option<Duration>,
     /// Idle keep-alive connections kept per backend.
     pub max_idle_per_backend: usize,
     /// The Host header sent to backends.
@@ -83,6 +86,7 @@ impl Default for ForwardConfig {
             connect_timeout: Some(Duration::from_secs(60)),
             response_timeout: Some(Duration::from_secs(60)),
             idle_timeout: Some(Duration::from_secs(60)),
+            tunnel_timeout: Some(Duration::from_secs(3600)),
             max_idle_per_backend: 32,
             host: HostHeader::Preserve,
             forwarded_headers: true,
@@ -186,7 +190,8 @@ where
         if let Err(e) = prepare(&mut req, &up, &self.config, upgrading) {
             return Box::pin(std::future::ready(Err(e.into())));
         }
-        Box::pin(Forwarding {
+        let counters = up.lease.counters().clone();
+        let forwarding = Forwarding {
             sent: self.pool.send(up.addr, req),
             deadline: Deadline::default(),
             limit: self.config.response_timeout,
@@ -196,7 +201,10 @@ where
             up,
             client_upgrade,
             idle: self.config.idle_timeout,
-        })
+            tunnel: self.config.tunnel_timeout,
+        };
+        // A drain's deadline may cut the exchange.
+        Box::pin(crate::drain::Cuttable::new(forwarding, &counters))
     }
 }
 
@@ -219,6 +227,7 @@ pin_project! {
         up: Upstream,
         client_upgrade: Option<OnUpgrade>,
         idle: Option<Duration>,
+        tunnel: Option<Duration>,
     }
 }
 
@@ -277,6 +286,7 @@ where
             this.client_upgrade.take(),
             this.up,
             *this.idle,
+            *this.tunnel,
         ))
     }
 }
@@ -288,6 +298,7 @@ fn respond(
     client_upgrade: Option<OnUpgrade>,
     up: &Upstream,
     idle: Option<Duration>,
+    tunnel: Option<Duration>,
 ) -> Result<Response<IdleBody<Incoming>>, BoxError> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     match client_upgrade {
@@ -298,6 +309,7 @@ fn respond(
                 backend_side,
                 up.lease.clone(),
                 up.name.clone(),
+                tunnel,
             ));
             strip_hop_by_hop(resp.headers_mut(), true);
         }

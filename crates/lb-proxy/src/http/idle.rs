@@ -10,6 +10,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use crate::drain::Watch;
 use crate::pick::{BoxError, OutcomeError};
 
 pin_project! {
@@ -24,6 +25,8 @@ pin_project! {
         sleep: Option<Sleep>,
         limit: Option<Duration>,
         waiting: bool,
+        // Set when a drain may cut the exchange.
+        watch: Option<Watch>,
     }
 }
 
@@ -35,7 +38,13 @@ impl<B> IdleBody<B> {
             sleep: None,
             limit,
             waiting: false,
+            watch: None,
         }
+    }
+
+    /// Let a drain cut this body (see [`drain`](crate::drain)).
+    pub(crate) fn watch(&mut self, watch: Watch) {
+        self.watch = Some(watch);
     }
 }
 
@@ -66,6 +75,11 @@ where
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))
             }
             Poll::Pending => {
+                if let Some(w) = this.watch.as_mut() {
+                    if w.poll_cut(cx) {
+                        return Poll::Ready(Some(Err(crate::drain::cut_error())));
+                    }
+                }
                 let Some(limit) = *this.limit else {
                     return Poll::Pending;
                 };

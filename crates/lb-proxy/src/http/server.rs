@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower_service::Service;
 
-use super::edge::{EdgeBody, EdgeConn, EdgeIo, EdgeStats, Limits};
+use super::edge::{Answering, EdgeBody, EdgeConn, EdgeIo, EdgeStats, Limits};
 use crate::pick::{BoxError, ClientAddr, LocalAddr};
 
 /// hyper's limit on header fields when none is set (`DEFAULT_MAX_HEADERS`).
@@ -34,7 +34,7 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 /// HTTP/1 requests pass [the edge](super::edge) first: strict RFC 9112
 /// parsing and the [`Limits`] (header read timeout, target, header block
 /// and field count limits, and a limit on open connections). A refused
-/// request is answered with its status (400, 408, 414, 431, 501, 505) and
+/// request is answered with its status (400, 408, 414, 417, 431, 501, 505) and
 /// its connection closed; it never reaches the service. [`EdgeStats`]
 /// counts them.
 #[derive(Clone)]
@@ -182,6 +182,13 @@ impl Server {
             .map(|n| Arc::new(Semaphore::new(n)));
         loop {
             let slot = match &slots {
+                Some(s) if s.available_permits() == 0 => {
+                    self.stats.count_at_limit();
+                    match s.clone().acquire_owned().await {
+                        Ok(permit) => Some(permit),
+                        Err(e) => return io::Error::other(e),
+                    }
+                }
                 Some(s) => match s.clone().acquire_owned().await {
                     Ok(permit) => Some(permit),
                     Err(e) => return io::Error::other(e),
@@ -227,7 +234,7 @@ impl Server {
         let _ = stream.set_nodelay(true);
         let open = self.stats.open_guard();
         let edge = Arc::new(EdgeConn::default());
-        let io = EdgeIo::new(stream, edge.clone(), self.limits, self.stats.clone());
+        let mut io = EdgeIo::new(stream, edge.clone(), self.limits, self.stats.clone());
         let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let (refusal, done) = edge.begin();
             let edge = edge.clone();
@@ -241,7 +248,15 @@ impl Server {
                 let upgrade = req.version() == Version::HTTP_11
                     && req.headers().contains_key(header::UPGRADE);
                 std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
-                let resp = svc.call(req).await?;
+                let resp = if req.body().is_end_stream() {
+                    svc.call(req).await?
+                } else {
+                    // A body still to come may stall: the edge answers 408.
+                    match Answering::new(svc.call(req), edge.clone()).await {
+                        Ok(resp) => resp?,
+                        Err(refusal) => return Ok(EdgeBody::refusal(refusal, done)),
+                    }
+                };
                 if upgrade {
                     edge.decide_upgrade(resp.status() == StatusCode::SWITCHING_PROTOCOLS);
                 }
@@ -249,9 +264,13 @@ impl Server {
             }
         });
         async move {
-            let conn = self
-                .builder
-                .serve_connection_with_upgrades(TokioIo::new(io), hyper_svc);
+            // hyper (boxed: the task stays small until then) only once the
+            // client has sent a head: see `EdgeIo::poll_first`.
+            std::future::poll_fn(|cx| io.poll_first(cx)).await;
+            let conn = Box::pin(
+                self.builder
+                    .serve_connection_with_upgrades(TokioIo::new(io), hyper_svc),
+            );
             if let Err(e) = conn.await {
                 tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
             }

@@ -6,16 +6,22 @@
 //! of the other side is shut down (a FIN is sent) and the other direction
 //! goes on until it ends too, as `tokio::io::copy_bidirectional` and
 //! HAProxy's `mode tcp` do. The connection is idle when neither direction
-//! moved a byte for the idle timeout; it is then closed.
+//! moved a byte for the idle timeout; it is then closed. A
+//! [drain](crate::drain)'s deadline closes it too.
+//!
+//! The same copy joins the two sides of an upgraded (WebSocket) HTTP
+//! connection.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lb_core::{ConnGuard, Counters};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::drain::Watch;
 use tokio::time::{sleep_until, Instant};
 
 /// Bytes a direction reads before writing them on (per direction and connection).
@@ -29,6 +35,8 @@ pub enum End {
     Closed,
     /// Nothing moved in either direction for the idle timeout.
     Idle,
+    /// A [drain](crate::drain()) of the backend reached its deadline.
+    Drained,
     /// A read or write failed (a reset, a broken pipe).
     Broken(io::ErrorKind),
 }
@@ -77,14 +85,18 @@ enum Way {
 }
 
 /// Copy `from` into `to` until end of stream, then shut `to` down.
-async fn pipe(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
+async fn pipe<R, W>(
+    mut from: R,
+    mut to: W,
     way: Way,
     moved: &AtomicU64,
     activity: &Activity,
     counters: &Counters,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut buf = vec![0u8; BUF_SIZE];
     loop {
         let n = from.read(&mut buf).await?;
@@ -116,6 +128,29 @@ pub(crate) async fn forward(
     let counters = guard.counters().clone();
     let (client_rd, client_wr) = client.into_split();
     let (backend_rd, backend_wr) = backend.into_split();
+    let client = (client_rd, client_wr);
+    let backend = (backend_rd, backend_wr);
+    join(client, backend, &counters, Some(idle), || guard.idle()).await
+}
+
+/// Copy both ways between the halves of `client` and `backend` until both
+/// directions end, one fails, nothing moves for `idle`, or a drain of the
+/// backend whose `counters` these are cuts it. `half_closed` is called when
+/// the first direction ends.
+pub(crate) async fn join<CR, CW, BR, BW>(
+    (client_rd, client_wr): (CR, CW),
+    (backend_rd, backend_wr): (BR, BW),
+    counters: &Arc<Counters>,
+    idle: Option<Duration>,
+    mut half_closed: impl FnMut(),
+) -> Moved
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    BR: AsyncRead + Unpin,
+    BW: AsyncWrite + Unpin,
+{
+    let mut watch = Watch::new(counters);
     let (up_bytes, down_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
     let activity = Activity {
         start: Instant::now(),
@@ -127,7 +162,7 @@ pub(crate) async fn forward(
         Way::ToBackend,
         &up_bytes,
         &activity,
-        &counters,
+        counters,
     );
     let down = pipe(
         backend_rd,
@@ -135,16 +170,23 @@ pub(crate) async fn forward(
         Way::FromBackend,
         &down_bytes,
         &activity,
-        &counters,
+        counters,
     );
-    let idle_out = activity.idle_for(idle);
-    tokio::pin!(up, down, idle_out);
+    let idle_out = async {
+        match idle {
+            Some(idle) => activity.idle_for(idle).await,
+            None => std::future::pending().await,
+        }
+    };
+    let cut = watch.cut();
+    tokio::pin!(up, down, idle_out, cut);
     let (mut up_open, mut down_open) = (true, true);
     let end = loop {
         let done = tokio::select! {
             r = &mut up, if up_open => { up_open = false; r }
             r = &mut down, if down_open => { down_open = false; r }
             () = &mut idle_out => break End::Idle,
+            () = &mut cut => break End::Drained,
         };
         if let Err(e) = done {
             break End::Broken(e.kind());
@@ -152,7 +194,7 @@ pub(crate) async fn forward(
         if !up_open && !down_open {
             break End::Closed;
         }
-        guard.idle();
+        half_closed();
     };
     Moved {
         to_backend: up_bytes.load(Ordering::Relaxed),

@@ -43,7 +43,7 @@
 //! # }
 //! ```
 
-mod copy;
+pub(crate) mod copy;
 
 use std::fmt;
 use std::future::{pending, Future};

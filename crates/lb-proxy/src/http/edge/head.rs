@@ -27,6 +27,14 @@ pub(crate) struct Head {
     pub framing: Framing,
     /// Whether it asks for a protocol switch (HTTP/1.1 with `Upgrade`).
     pub upgrade: bool,
+    /// Whether it states an expectation other than `100-continue` (RFC 9110
+    /// §10.1.1): to be answered 417 and not passed on.
+    pub unmet_expectation: bool,
+    /// Whether the connection may serve another request after this one:
+    /// HTTP/1.1 and no `Connection: close`.
+    pub persistent: bool,
+    /// Whether the method is HEAD (its answer has no body).
+    pub head_method: bool,
 }
 
 /// The largest body length hyper accepts.
@@ -75,6 +83,9 @@ pub(crate) fn parse(buf: &[u8], limits: &Limits) -> Result<Option<Head>, Reject>
         minor_at: start.minor_at,
         framing,
         upgrade: start.minor > 0 && fields.upgrade,
+        unmet_expectation: fields.unmet_expectation,
+        persistent: start.minor > 0 && !fields.close,
+        head_method: start.head_method,
     }))
 }
 
@@ -114,6 +125,7 @@ struct Start<'a> {
     /// 0 for HTTP/1.0, 1 for HTTP/1.1 (and higher minors served as 1.1).
     minor: u8,
     minor_at: Option<usize>,
+    head_method: bool,
 }
 
 fn request_line<'a>(line: &'a [u8], limits: &Limits) -> Result<Start<'a>, Reject> {
@@ -173,6 +185,7 @@ fn request_line<'a>(line: &'a [u8], limits: &Limits) -> Result<Start<'a>, Reject
         authority,
         minor: minor.min(1),
         minor_at,
+        head_method: method == b"HEAD",
     })
 }
 
@@ -234,6 +247,10 @@ struct Fields<'a> {
     /// Whether an earlier coding was some other coding.
     other_before: bool,
     upgrade: bool,
+    /// An `Expect` member other than `100-continue`.
+    unmet_expectation: bool,
+    /// `Connection: close`.
+    close: bool,
 }
 
 impl<'a> Fields<'a> {
@@ -259,6 +276,19 @@ impl<'a> Fields<'a> {
             }
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             self.upgrade = true;
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            // `Expect = #expectation`: empty members are allowed and mean
+            // nothing; `100-continue` (any case, no parameters) is the only
+            // expectation defined.
+            self.unmet_expectation |= value
+                .split(|b| *b == b',')
+                .map(trim_ows)
+                .any(|m| !m.is_empty() && !m.eq_ignore_ascii_case(b"100-continue"));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            self.close |= value
+                .split(|b| *b == b',')
+                .map(trim_ows)
+                .any(|o| o.eq_ignore_ascii_case(b"close"));
         }
         Ok(())
     }

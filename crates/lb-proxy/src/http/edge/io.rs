@@ -3,12 +3,13 @@
 
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -24,8 +25,16 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// with the refusal status (see [`EdgeConn::reject_next`]).
 const STAND_IN: &[u8] = b"GET / HTTP/1.1\r\nhost: edge\r\nconnection: close\r\n\r\n";
 
+/// The stand-ins for a refused request after which the connection goes on
+/// (a HEAD one, so that hyper sends no body to a HEAD request's client).
+const STAND_IN_KEEP: &[u8] = b"GET / HTTP/1.1\r\nhost: edge\r\n\r\n";
+const STAND_IN_KEEP_HEAD: &[u8] = b"HEAD / HTTP/1.1\r\nhost: edge\r\n\r\n";
+
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Buffers larger than this are freed, not kept, when emptied.
+const SMALL: usize = 4 * 1024;
 
 /// Room past a head for the body bytes checked before the head goes on.
 const BODY_WINDOW: usize = 64 * 1024;
@@ -79,6 +88,11 @@ pub(crate) struct EdgeIo<T: AsyncRead + Unpin + Send + 'static> {
     timer: Option<Pin<Box<Sleep>>>,
     /// Whether `timer` runs for the head awaited now.
     armed: bool,
+    /// The body read timeout: made at the first wait on a body, reset at
+    /// each later one.
+    body_timer: Option<Pin<Box<Sleep>>>,
+    /// Waiting on the client for body bytes (the body timer runs).
+    body_waiting: bool,
     conn: Arc<EdgeConn>,
     limits: Limits,
     stats: Arc<EdgeStats>,
@@ -97,6 +111,8 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
             refused: false,
             timer: None,
             armed: false,
+            body_timer: None,
+            body_waiting: false,
             conn,
             limits,
             stats,
@@ -108,9 +124,50 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
         self.limits.max_uri_bytes + self.limits.max_header_bytes + BODY_WINDOW
     }
 
+    /// Ready once hyper has something to read (a checked head, a refusal's
+    /// stand-in, HTTP/2 bytes) or the connection is over: hyper, and its
+    /// buffers, are set up only then, so that a client that is slow to
+    /// send its first head costs little more than its socket. The header
+    /// read timeout runs meanwhile.
+    pub(crate) fn poll_first(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if !self.out.is_empty() || !matches!(self.state, State::Start | State::Head) {
+                return Poll::Ready(());
+            }
+            self.advance();
+            if !self.out.is_empty() || !matches!(self.state, State::Start | State::Head) {
+                return Poll::Ready(());
+            }
+            if self.eof {
+                return Poll::Ready(());
+            }
+            match self.fill(cx) {
+                Poll::Ready(Ok(())) => {}
+                // hyper meets the error (or the end) at its first read.
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => {
+                    if self.poll_timer(cx) {
+                        self.on_timeout();
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
     /// Check what `raw` holds, moving what passes to `out`, until more
     /// bytes (or a decision from the service) are needed.
     fn advance(&mut self) {
+        self.check();
+        // Give back a large buffer once emptied (after a body): an idle
+        // keep-alive connection keeps no read chunk.
+        if self.raw.is_empty() && self.raw.capacity() > SMALL {
+            self.raw = BytesMut::new();
+        }
+    }
+
+    fn check(&mut self) {
         loop {
             let progressed = match &mut self.state {
                 State::Start => self.start(),
@@ -211,6 +268,10 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
                 return false;
             }
         };
+        if parsed.unmet_expectation {
+            self.unmet_expectation(&parsed);
+            return !matches!(self.state, State::Closed);
+        }
         let check = (parsed.framing == Framing::Chunked)
             .then(|| Chunked::new(self.limits.max_header_bytes));
         if let Some(mut check) = check.clone() {
@@ -241,11 +302,40 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
     }
 
     fn end_of_body(&mut self, upgrade: bool) {
+        self.body_waiting = false;
         self.state = if upgrade {
             State::AwaitUpgrade
         } else {
             State::Head
         };
+    }
+
+    /// Answer 417 to a request whose expectation cannot be met (RFC 9110
+    /// §10.1.1). A request with no body on a persistent connection is
+    /// dropped and the connection goes on; after one with a body (which
+    /// the client may or may not send now) the connection closes.
+    fn unmet_expectation(&mut self, parsed: &head::Head) {
+        let r = Reject::answer(
+            http::StatusCode::EXPECTATION_FAILED,
+            "an expectation other than 100-continue",
+        );
+        if parsed.framing != Framing::None || !parsed.persistent || parsed.upgrade {
+            self.refuse(r);
+            return;
+        }
+        tracing::debug!(why = r.why(), "refused a request; the connection goes on");
+        self.stats.count_reject(&r);
+        self.raw.advance(parsed.len);
+        self.conn
+            .reject_next(http::StatusCode::EXPECTATION_FAILED, false);
+        self.out.extend_from_slice(if parsed.head_method {
+            STAND_IN_KEEP_HEAD
+        } else {
+            STAND_IN_KEEP
+        });
+        self.first = false;
+        self.armed = false;
+        self.state = State::Head;
     }
 
     /// Refuse the request at the front of `raw`, and all that follows.
@@ -254,7 +344,7 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
         self.stats.count_reject(&r);
         self.raw.clear();
         if let Some(status) = r.status() {
-            self.conn.reject_next(status);
+            self.conn.reject_next(status, true);
             self.out.extend_from_slice(STAND_IN);
             self.refused = true;
         }
@@ -293,9 +383,57 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
             .is_some_and(|t| t.as_mut().poll(cx).is_ready())
     }
 
+    /// Run the body read timeout while the client is waited on for body
+    /// bytes; true when it has run out.
+    fn poll_body_timer(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(limit) = self.limits.client_body_timeout else {
+            return false;
+        };
+        if !matches!(self.state, State::Body { .. } | State::Chunked { .. }) {
+            return false;
+        }
+        if !self.body_waiting {
+            self.body_waiting = true;
+            let Some(deadline) = Instant::now().checked_add(limit) else {
+                return false;
+            };
+            match self.body_timer.as_mut() {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.body_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        self.body_timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
+
+    /// The client sent no body bytes for the body timeout: 408 if the
+    /// service has not answered yet (the exchange with the backend is
+    /// dropped), else the connection is cut.
+    fn on_body_timeout(&mut self) {
+        self.body_waiting = false;
+        self.body_timer = None;
+        self.raw.clear();
+        self.stats.count_body_timeout();
+        if self.conn.body_timed_out() {
+            let r = Reject::answer(
+                http::StatusCode::REQUEST_TIMEOUT,
+                "no request body bytes in time",
+            );
+            tracing::debug!(why = r.why(), "refused a request");
+            self.stats.count_reject(&r);
+            self.refused = true;
+            self.state = State::Closed;
+        } else {
+            tracing::debug!("no request body bytes in time, after the response began; closing");
+            self.state = State::Broken("no request body bytes in time");
+        }
+    }
+
     fn on_timeout(&mut self) {
         self.armed = false;
         if self.first || !self.raw.is_empty() {
+            self.stats.count_header_timeout();
             let status = http::StatusCode::REQUEST_TIMEOUT;
             self.refuse(Reject::answer(status, "no request head in time"));
         } else {
@@ -313,15 +451,21 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
             return Poll::Ready(Ok(()));
         };
         let mut got = false;
+        // Read on the stack and keep only what came: a client dribbling a
+        // head holds a few bytes here, not a whole read chunk.
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         while !self.eof && self.raw.len() < cap {
-            // Into the buffer's spare room, which is not zeroed first (a
-            // 16 KiB memset a read cost more than parsing the head).
-            self.raw.reserve(READ_CHUNK);
-            let mut room = (&mut self.raw).limit(READ_CHUNK);
-            let polled = std::pin::pin!(io.read_buf(&mut room)).poll(cx);
+            let want = (cap - self.raw.len()).min(READ_CHUNK);
+            let mut rb = ReadBuf::uninit(&mut chunk[..want]);
+            let polled = Pin::new(&mut *io).poll_read(cx, &mut rb);
+            let n = rb.filled().len();
+            self.raw.extend_from_slice(rb.filled());
             match polled {
-                Poll::Ready(Ok(0)) => self.eof = true,
-                Poll::Ready(Ok(_)) => got = true,
+                Poll::Ready(Ok(())) if n == 0 => self.eof = true,
+                Poll::Ready(Ok(())) => {
+                    got = true;
+                    self.body_waiting = false;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending if got => break,
                 Poll::Pending => return Poll::Pending,
@@ -343,10 +487,13 @@ impl<T: AsyncRead + Unpin + Send + 'static> AsyncRead for EdgeIo<T> {
                 let n = this.out.len().min(buf.remaining());
                 buf.put_slice(&this.out[..n]);
                 this.out.advance(n);
+                if this.out.is_empty() && this.out.capacity() > SMALL {
+                    this.out = BytesMut::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             match &mut this.state {
-                State::Body { left, upgrade }
+                State::Body { left, .. }
                     if this.raw.is_empty()
                         && buf.remaining() > 0
                         && *left >= buf.remaining() as u64 =>
@@ -356,7 +503,17 @@ impl<T: AsyncRead + Unpin + Send + 'static> AsyncRead for EdgeIo<T> {
                         return Poll::Ready(Ok(()));
                     };
                     let before = buf.filled().len();
-                    ready!(Pin::new(io).poll_read(cx, buf))?;
+                    if Pin::new(io).poll_read(cx, buf)?.is_pending() {
+                        if this.poll_body_timer(cx) {
+                            this.on_body_timeout();
+                            continue;
+                        }
+                        return Poll::Pending;
+                    }
+                    let State::Body { left, upgrade } = &mut this.state else {
+                        return Poll::Ready(Ok(()));
+                    };
+                    this.body_waiting = false;
                     let n = (buf.filled().len() - before) as u64;
                     *left -= n;
                     if *left == 0 {
@@ -405,6 +562,10 @@ impl<T: AsyncRead + Unpin + Send + 'static> AsyncRead for EdgeIo<T> {
                 Poll::Pending => {
                     if this.poll_timer(cx) {
                         this.on_timeout();
+                        continue;
+                    }
+                    if this.poll_body_timer(cx) {
+                        this.on_body_timeout();
                         continue;
                     }
                     return Poll::Pending;

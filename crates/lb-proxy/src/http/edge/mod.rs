@@ -40,6 +40,8 @@
 //! | target over [`Limits::max_uri_bytes`] | 414 past 64 KiB | 414 |
 //! | header block over [`Limits::max_header_bytes`] | 431 past ~400 KiB | 431 |
 //! | no head within [`Limits::header_read_timeout`] | closed | 408, then closed |
+//! | a body stalled for [`Limits::client_body_timeout`] | waits | 408 if unanswered (backend exchange dropped), else cut |
+//! | `Expect` other than `100-continue` | forwarded | 417 (RFC 9110 §10.1.1); the connection goes on if the request has no body, else closes |
 //!
 //! A chunked body is checked before its head goes on as far as it has
 //! arrived; a fault found later (in a body still streaming) can no longer
@@ -61,7 +63,7 @@ mod io;
 mod respond;
 
 pub(crate) use io::EdgeIo;
-pub(crate) use respond::{EdgeBody, EdgeConn};
+pub(crate) use respond::{Answering, EdgeBody, EdgeConn};
 
 /// Limits on clients, enforced before hyper sees a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +82,15 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// The most header fields in a request: 431 beyond. Default 100.
     pub max_headers: usize,
+    /// How long a client may leave a request body it is sending without a
+    /// byte, counted while the proxy waits to read it (nginx
+    /// `client_body_timeout`, the time between two successive reads, not
+    /// for the whole body). When it runs out, a request not yet answered
+    /// gets 408 and its exchange with the backend is dropped; after the
+    /// response began, the connection is closed. Either way the backend
+    /// sees its request end early. Default 60 s (nginx's); `None`: no
+    /// limit.
+    pub client_body_timeout: Option<Duration>,
     /// The most client connections open at once. When reached, the server
     /// stops accepting until one closes: new clients wait in the listen
     /// backlog (as with HAProxy `maxconn` or nginx `worker_connections`),
@@ -103,6 +114,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             header_read_timeout: Some(Duration::from_secs(10)),
+            client_body_timeout: Some(Duration::from_secs(60)),
             max_uri_bytes: 8 * 1024,
             max_header_bytes: 32 * 1024,
             max_headers: 100,
@@ -141,7 +153,7 @@ impl Reject {
 }
 
 /// The statuses the edge answers, in [`EdgeStats`] order.
-const STATUSES: [u16; 6] = [400, 408, 414, 431, 501, 505];
+const STATUSES: [u16; 7] = [400, 408, 414, 417, 431, 501, 505];
 
 /// Counters of a [`Server`](super::Server)'s edge, shared by its
 /// connections.
@@ -153,6 +165,9 @@ pub struct EdgeStats {
     unanswered: AtomicU64,
     bad_bodies: AtomicU64,
     idle_closed: AtomicU64,
+    header_timeouts: AtomicU64,
+    body_timeouts: AtomicU64,
+    limit_waits: AtomicU64,
 }
 
 impl EdgeStats {
@@ -166,13 +181,22 @@ impl EdgeStats {
         self.open.load(Relaxed)
     }
 
-    /// Requests the edge answered with `status` itself (400, 408, 414,
+    /// Requests the edge answered with `status` itself (400, 408, 414, 417,
     /// 431, 501 or 505) and never passed on.
     pub fn rejected(&self, status: StatusCode) -> u64 {
         STATUSES
             .iter()
             .position(|s| *s == status.as_u16())
             .map_or(0, |i| self.answered[i].load(Relaxed))
+    }
+
+    /// Every status the edge answers itself, with its count
+    /// ([`rejected`](EdgeStats::rejected) of each), in increasing order.
+    pub fn rejections(&self) -> impl Iterator<Item = (StatusCode, u64)> + '_ {
+        STATUSES
+            .iter()
+            .zip(&self.answered)
+            .filter_map(|(s, n)| StatusCode::from_u16(*s).ok().map(|s| (s, n.load(Relaxed))))
     }
 
     /// Requests refused by closing the connection unanswered (HTTP/0.9).
@@ -194,6 +218,40 @@ impl EdgeStats {
     /// Keep-alive connections closed for sending no next request in time.
     pub fn idle_closed(&self) -> u64 {
         self.idle_closed.load(Relaxed)
+    }
+
+    /// Clients that sent no (complete) request head within the header read
+    /// timeout, answered 408 (idle keep-alive connections closed are
+    /// [`idle_closed`](EdgeStats::idle_closed)).
+    pub fn header_timeouts(&self) -> u64 {
+        self.header_timeouts.load(Relaxed)
+    }
+
+    /// Request bodies the client stopped sending for the body timeout:
+    /// answered 408 (also counted in [`rejected`](EdgeStats::rejected))
+    /// or, after the response began, cut.
+    pub fn body_timeouts(&self) -> u64 {
+        self.body_timeouts.load(Relaxed)
+    }
+
+    /// Times accepting paused because [`Limits::max_connections`]
+    /// connections were open. (New clients wait in the listen backlog
+    /// meanwhile; the kernel refuses those beyond it, which no counter here
+    /// sees.)
+    pub fn limit_waits(&self) -> u64 {
+        self.limit_waits.load(Relaxed)
+    }
+
+    pub(crate) fn count_header_timeout(&self) {
+        self.header_timeouts.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_body_timeout(&self) {
+        self.body_timeouts.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_at_limit(&self) {
+        self.limit_waits.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn count_reject(&self, r: &Reject) {

@@ -2,8 +2,10 @@
 //! telling the connection's reader when responses are done and whether a
 //! protocol switch happened.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -25,13 +27,29 @@ pub(crate) struct EdgeConn {
     called: AtomicU64,
     /// Responses finished (their bodies dropped).
     done: AtomicU64,
-    /// The ordinal of the stand-in request, if any, and its status.
-    reject_at: AtomicU64,
-    reject_status: AtomicU16,
+    /// Stand-in requests not yet served, in order.
+    refusals: Mutex<VecDeque<Refusal>>,
+    /// How many: `begin` looks at the queue only when there are some.
+    pending_refusals: AtomicU64,
     /// 0: no decision yet; 1: switched protocols; 2: did not.
     upgrade: AtomicU8,
+    /// The request being served: [`UNWATCHED`], [`SERVING`], [`ANSWERED`]
+    /// or [`TIMED_OUT`].
+    phase: AtomicU8,
     reader: Mutex<Option<Waker>>,
+    /// The service's task, waiting on the response of a request whose
+    /// body is still coming.
+    service: Mutex<Option<Waker>>,
 }
+
+/// No [`Answering`] watches the request being served.
+const UNWATCHED: u8 = 0;
+/// The service has not answered the request being served.
+const SERVING: u8 = 1;
+/// The service's response head is out.
+const ANSWERED: u8 = 2;
+/// Its body stalled before the service answered: the edge answers 408.
+const TIMED_OUT: u8 = 3;
 
 impl EdgeConn {
     /// Note a head handed to hyper.
@@ -40,10 +58,14 @@ impl EdgeConn {
     }
 
     /// Note that the next head handed to hyper is a stand-in for a request
-    /// to answer with `status`.
-    pub(crate) fn reject_next(&self, status: StatusCode) {
-        self.reject_status.store(status.as_u16(), SeqCst);
-        self.reject_at.store(self.released.load(SeqCst) + 1, SeqCst);
+    /// to answer with `status`, then close the connection, or (`close`
+    /// false) go on serving it.
+    pub(crate) fn reject_next(&self, status: StatusCode, close: bool) {
+        let at = self.released.load(SeqCst) + 1;
+        let mut q = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        q.push_back(Refusal { at, status, close });
+        self.pending_refusals.fetch_add(1, SeqCst);
+        drop(q);
         self.release();
     }
 
@@ -78,14 +100,40 @@ impl EdgeConn {
         }
     }
 
-    /// Start serving a request: the stand-in's status if it is one, and a
-    /// guard that marks its response done when dropped.
-    pub(crate) fn begin(self: &Arc<Self>) -> (Option<StatusCode>, ResponseGuard) {
+    /// Start serving a request: the refusal to answer if it is a stand-in,
+    /// and a guard that marks its response done when dropped.
+    pub(crate) fn begin(self: &Arc<Self>) -> (Option<Refusal>, ResponseGuard) {
         let n = self.called.fetch_add(1, SeqCst) + 1;
-        let reject = (self.reject_at.load(SeqCst) == n)
-            .then(|| StatusCode::from_u16(self.reject_status.load(SeqCst)).ok())
-            .flatten();
+        self.phase.store(UNWATCHED, SeqCst);
+        let mut reject = None;
+        if self.pending_refusals.load(SeqCst) > 0 {
+            let mut q = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+            if q.front().is_some_and(|r| r.at == n) {
+                reject = q.pop_front();
+                self.pending_refusals.fetch_sub(1, SeqCst);
+            }
+        }
         (reject, ResponseGuard(self.clone()))
+    }
+
+    /// The request body being read stalled: true if the service had not
+    /// answered yet (it will answer 408 instead, see [`Answering`]).
+    pub(crate) fn body_timed_out(&self) -> bool {
+        let won = self
+            .phase
+            .compare_exchange(SERVING, TIMED_OUT, SeqCst, SeqCst)
+            .is_ok();
+        if won {
+            let waker = self
+                .service
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+        won
     }
 
     /// Record whether a protocol switch request got `101`.
@@ -93,6 +141,16 @@ impl EdgeConn {
         self.upgrade.store(if switched { 1 } else { 2 }, SeqCst);
         self.wake();
     }
+}
+
+/// A request the edge answers itself, in place of the service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    /// The ordinal of its stand-in among the heads handed to hyper.
+    at: u64,
+    status: StatusCode,
+    /// Whether the connection closes after the answer.
+    close: bool,
 }
 
 /// Marks a response done when dropped.
@@ -103,6 +161,57 @@ impl Drop for ResponseGuard {
     fn drop(&mut self) {
         self.0.done.fetch_add(1, SeqCst);
         self.0.wake();
+    }
+}
+
+pin_project! {
+    /// The service's response to a request whose body is still coming, or
+    /// the edge's 408 if the body stalls first: the service's future is
+    /// then dropped, and with it the exchange with the backend.
+    pub(crate) struct Answering<F> {
+        #[pin]
+        inner: F,
+        conn: Arc<EdgeConn>,
+    }
+}
+
+impl<F> Answering<F> {
+    /// Watch `inner`, the service's future for the request just begun.
+    pub(crate) fn new(inner: F, conn: Arc<EdgeConn>) -> Self {
+        conn.phase.store(SERVING, SeqCst);
+        Answering { inner, conn }
+    }
+}
+
+impl<F: Future> Future for Answering<F> {
+    type Output = Result<F::Output, Refusal>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let timed_out = Refusal {
+            at: 0,
+            status: StatusCode::REQUEST_TIMEOUT,
+            close: true,
+        };
+        if this.conn.phase.load(SeqCst) == TIMED_OUT {
+            return Poll::Ready(Err(timed_out));
+        }
+        if let Poll::Ready(out) = this.inner.poll(cx) {
+            let answered = this
+                .conn
+                .phase
+                .compare_exchange(SERVING, ANSWERED, SeqCst, SeqCst);
+            return Poll::Ready(match answered {
+                Err(TIMED_OUT) => Err(timed_out),
+                _ => Ok(out),
+            });
+        }
+        *this.conn.service.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        // The edge may have timed out between the first look and now.
+        if this.conn.phase.load(SeqCst) == TIMED_OUT {
+            return Poll::Ready(Err(timed_out));
+        }
+        Poll::Pending
     }
 }
 
@@ -124,11 +233,14 @@ impl<B> EdgeBody<B> {
         }
     }
 
-    /// The answer to a refused request: `status`, then close.
-    pub(crate) fn refusal(status: StatusCode, guard: ResponseGuard) -> Response<Self> {
-        let mut resp = text_response::<B>(status, error_text(status));
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    /// The answer to a refused request: its status, then close (or, for a
+    /// refusal that keeps the connection, serve the next request).
+    pub(crate) fn refusal(r: Refusal, guard: ResponseGuard) -> Response<Self> {
+        let mut resp = text_response::<B>(r.status, error_text(r.status));
+        if r.close {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp.map(|body| EdgeBody {
             body,
             guard: Some(guard),

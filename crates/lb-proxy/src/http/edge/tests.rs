@@ -180,3 +180,38 @@ fn reject_reports_its_reason() {
     );
     assert_eq!(Reject::close("x").status(), None);
 }
+
+#[test]
+fn expectations_other_than_100_continue_are_unmet() {
+    let met: &[&[u8]] = &[
+        b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n",
+        b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nExpect: 100-Continue \r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nExpect: ,\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    ];
+    for raw in met {
+        assert!(
+            !head(raw).unmet_expectation,
+            "{:?}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    let unmet: &[&[u8]] = &[
+        b"GET / HTTP/1.1\r\nHost: a\r\nExpect: foo\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue, foo\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue;a=b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nExpect: x\r\n\r\n",
+        b"GET / HTTP/1.0\r\nExpect: x\r\n\r\n",
+    ];
+    for raw in unmet {
+        assert!(
+            head(raw).unmet_expectation,
+            "{:?}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    let h = head(b"HEAD / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Close\r\n\r\n");
+    assert!(h.head_method && !h.persistent);
+    assert!(head(VALID[0]).persistent);
+    assert!(!head(VALID[1]).persistent, "HTTP/1.0");
+}
