@@ -272,6 +272,33 @@ fn health_intervals_and_slow_response() {
 }
 
 #[test]
+fn client_body_and_tunnel_timeouts() {
+    let c = Config::from_toml(GOOD).unwrap();
+    assert_eq!(c.timeouts.client_body, Duration::from_secs(60), "nginx's default");
+    assert_eq!(c.timeouts.tunnel, Duration::from_secs(3600));
+    let text = GOOD.replacen(
+        "idle = \"2m\"",
+        "idle = \"2m\"\nclient_body = \"15s\"\ntunnel = \"10m\"",
+        1,
+    );
+    let t = Config::from_toml(&text).unwrap().timeouts;
+    assert_eq!(t.client_body, Duration::from_secs(15));
+    assert_eq!(t.tunnel, Duration::from_secs(600));
+    mistake(
+        "idle = \"2m\"",
+        "client_body = \"slowly\"",
+        "client_body",
+        &["timeouts.client_body: ", "not a duration"],
+    );
+    mistake(
+        "idle = \"2m\"",
+        "tunnel = -1",
+        "tunnel",
+        &["timeouts.tunnel: "],
+    );
+}
+
+#[test]
 fn cross_field_mistakes_are_caught() {
     let e = Config::from_toml("listen = \"127.0.0.1:1\"\n").unwrap_err();
     assert!(e.to_string().contains("no backend configured"), "{e}");
