@@ -25,7 +25,7 @@ use crate::supervisor::{Follower, Source, Supervisor};
 /// timeout, jitter, `rise`/`fall` counting (see [`RiseFall`]), a faster
 /// interval in transition and a slower one while down.
 ///
-/// **Passive ejections.** When passive health (a [`PassiveHealth`] on the
+/// **Passive ejections.** When passive health (a [`PassiveHealth`](crate::PassiveHealth) on the
 /// same [`Supervisor`]) ejects a backend this checker checks, the checker
 /// takes over as HAProxy's `on-error mark-down` does: its health counter
 /// drops to 0 (down), the backend is probed at the fast interval from then

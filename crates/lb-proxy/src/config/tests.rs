@@ -274,7 +274,11 @@ fn health_intervals_and_slow_response() {
 #[test]
 fn client_body_and_tunnel_timeouts() {
     let c = Config::from_toml(GOOD).unwrap();
-    assert_eq!(c.timeouts.client_body, Duration::from_secs(60), "nginx's default");
+    assert_eq!(
+        c.timeouts.client_body,
+        Duration::from_secs(60),
+        "nginx's default"
+    );
     assert_eq!(c.timeouts.tunnel, Duration::from_secs(3600));
     let text = GOOD.replacen(
         "idle = \"2m\"",
