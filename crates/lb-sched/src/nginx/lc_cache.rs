@@ -1,5 +1,6 @@
-//! The smooth-WRR `current`s of one tie level of nginx `least_conn`, kept
-//! lazily so that a pick among `d` tied backends costs O(g + log d) (`g`
+//! The smooth-WRR `current`s of one tie level of nginx `least_conn` (the
+//! tie pass of `ngx_http_upstream_get_least_conn_peer()` in
+//! `ngx_http_upstream_least_conn_module.c`), kept lazily so that a pick among `d` tied backends costs O(g + log d) (`g`
 //! distinct effective weights among them) instead of O(d).
 //!
 //! A *level* is the set of usable backends of one list with one ratio
