@@ -343,3 +343,96 @@ fn concurrent_changes_leave_the_indexes_exact() {
         assert!(!kept.lock().is_empty(), "some connections stay open");
     }
 }
+
+/// least_conn with standing ties: many picks open nothing, so a tied level
+/// stays the least across picks (the lazy `current`s of `lc_cache.rs` are
+/// used, not rebuilt), interleaved with picks that open, scans (tried
+/// backends, explained picks), counter, health and weight changes; every
+/// decision checked against the scan.
+#[test]
+fn least_conn_standing_ties_match_the_scan() {
+    for seed in [3u64, 17, 40] {
+        let mut rng = Mix(seed);
+        // Few distinct weights (cached levels), and in one run more than
+        // the cache takes (walked levels).
+        let span = if seed == 40 { 12 } else { 4 };
+        let weights: Vec<u64> = (0..300).map(|_| 1 + rng.next(span)).collect();
+        let mut w = world("least_conn", &weights);
+        let mut mem = Memory::new();
+        for k in 0..300 {
+            if rng.next(12) == 0 {
+                mem.wrote(w.apply(&Op::Backup(k, true)));
+            }
+            if rng.next(15) == 0 {
+                mem.wrote(w.apply(&Op::MaxConns(k, 1 + rng.next(3))));
+            }
+        }
+        for k in 0..12_000 {
+            let op = match rng.next(40) {
+                0..=29 => {
+                    let snap = w.pool.load();
+                    let tried: Vec<usize> = match rng.next(25) {
+                        0 => vec![rng.next(300) as usize],
+                        _ => Vec::new(),
+                    };
+                    let (client, dest, tried) = ctx_parts(&snap, 0, 0, &tried);
+                    let ctx = Ctx::at(client, Duration::ZERO)
+                        .with_dest(dest)
+                        .with_tried(&tried);
+                    let want = oracle("least_conn", &snap, &ctx, &mut mem).map(Member::id);
+                    let pick = if rng.next(30) == 0 {
+                        w.lb.scheduler().explain(&snap, &ctx, &mut Explain::new())
+                    } else {
+                        w.lb.scheduler().pick(&snap, &ctx)
+                    };
+                    let got = pick.as_ref().map(|p| p.member().id());
+                    assert_eq!(got, want, "seed {seed} step {k}");
+                    if let Some(p) = pick.filter(|_| rng.next(4) == 0) {
+                        w.open.push(p.connect());
+                    }
+                    continue;
+                }
+                30..=32 => Op::Open(rng.next(300) as usize),
+                33..=35 => Op::Close(rng.next(1000) as usize),
+                36 => Op::Idle(rng.next(1000) as usize),
+                37 | 38 => Op::Health(rng.next(300) as usize, rng.next(3) as u8),
+                _ => match rng.next(10) {
+                    0 => Op::Weight(rng.next(300) as usize, 1 + rng.next(span)),
+                    _ => Op::Activate(rng.next(1000) as usize),
+                },
+            };
+            mem.wrote(w.apply(&op));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// As `fast_picks_match_the_independent_scan`, for least_conn, but a
+    /// pick for an odd client opens nothing (its tie level stays).
+    #[test]
+    fn least_conn_picks_without_opening_match_the_scan(
+        weights in prop::collection::vec(0u64..=5, 0..12),
+        ops in prop::collection::vec(op(), 1..150),
+    ) {
+        let mut w = world("least_conn", &weights);
+        let mut mem = Memory::new();
+        for (k, op) in ops.iter().enumerate() {
+            let Op::Pick { c, d, tried } = op else {
+                mem.wrote(w.apply(op));
+                continue;
+            };
+            let snap = w.pool.load();
+            let (client, dest, tried) = ctx_parts(&snap, *c, *d, tried);
+            let ctx = Ctx::at(client, Duration::ZERO).with_dest(dest).with_tried(&tried);
+            let want = oracle("least_conn", &snap, &ctx, &mut mem).map(Member::id);
+            let pick = w.lb.scheduler().pick(&snap, &ctx);
+            let got = pick.as_ref().map(|p| p.member().id());
+            prop_assert_eq!(got, want, "step {}: {:?}", k, op);
+            if let Some(p) = pick.filter(|_| c % 2 == 0) {
+                w.open.push(p.connect());
+            }
+        }
+    }
+}

@@ -1,7 +1,10 @@
 //! nginx `least_conn` without scanning the pool: a tournament tree per list
 //! (primaries, backups) for the least `conns / weight`, and a smooth-WRR
-//! pass over only the tied backends. O(1) per pick without a tie,
-//! O(d log(n / d)) with `d` tied backends; O(log n) per connection change.
+//! pass over only the tied backends. O(1) per pick without a tie; with `d`
+//! tied backends, O(g + log d) while their level is the cached one
+//! (`lc_cache.rs`: lazy `current`s, `g` distinct weights), else
+//! O(d log(n / d)) to cache it; O(log n) per connection change, plus
+//! O(log d) when it moves a backend into or out of the cached level.
 //!
 //! The scan of `least_conn.rs` takes the first usable backend of least
 //! ratio (cross-multiplied, strictly), and, if another usable backend has
@@ -17,8 +20,10 @@
 //! [`LoadWatch`] (as `least.rs`): every counter change updates its leaf
 //! under the trees' lock, and publishes the roots (position and tie count)
 //! in atomics. A pick without a tie reads one atomic; a pick with one takes
-//! the trees' lock (no change lands while the tied set is read) and then
-//! the `current`s' lock, as the scan does.
+//! the trees' lock (no change lands while the tied set is read), then the
+//! cache's and the `current`s' locks (in that order everywhere: the watch
+//! takes the last two only when a change crosses the cached level; the
+//! scan takes the last two and writes the cache back first).
 //!
 //! Used when it answers exactly: the pick tried nothing, is not explained,
 //! the trees still follow the counters (no newer snapshot replaced them),
@@ -26,12 +31,18 @@
 //! through an effective weight; the ratio is then not an order). Otherwise
 //! the caller scans.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use lb_core::{Counters, LoadWatch, Member, Snapshot};
+use lb_core::{Counters, LoadWatch, Member, Snapshot, Tables};
+
+use super::lc_cache::LcCache;
+use super::Upstream;
+
+/// Ids of indexes, for [`LcCache::owner`] (0 is none).
+static IDS: AtomicUsize = AtomicUsize::new(1);
 
 /// No leaf: an empty subtree.
 const NONE: u32 = u32::MAX;
@@ -163,15 +174,45 @@ impl Tree {
     }
 }
 
+/// The ratio level the shared [`LcCache`] holds, while this index keeps it:
+/// the list and one member's `(conns, configured weight)`.
+#[derive(Clone, Copy, Debug)]
+struct Level {
+    list: usize,
+    c: u64,
+    w: u32,
+}
+
+impl Level {
+    /// Whether `n` (a leaf or a root) has this level's ratio.
+    #[inline]
+    fn holds(&self, n: &Node) -> bool {
+        n.k != NONE && n.c * u64::from(self.w) == self.c * u64::from(n.w)
+    }
+}
+
+/// The trees, and the level cached by this index (both under one lock).
+#[derive(Debug)]
+struct Trees {
+    t: [Tree; LISTS],
+    level: Option<Level>,
+}
+
 /// What picks and the watch share.
 #[derive(Debug)]
 struct Shared {
+    /// This index's id, as [`LcCache::owner`].
+    id: usize,
+    /// The nginx state (`current`s) this index's picks move.
+    up: Tables,
+    /// The lazy `current`s of one tie level.
+    cache: Arc<Mutex<LcCache>>,
     /// Per list: the root's [`Node::packed`] form.
     roots: [AtomicU64; LISTS],
     /// Per list: the pool position of each of its members, in pool order.
     positions: [Vec<u32>; LISTS],
     live: AtomicBool,
-    trees: Mutex<[Tree; LISTS]>,
+    trees: Mutex<Trees>,
 }
 
 /// A snapshot's `least_conn` index (see the module docs).
@@ -190,7 +231,7 @@ pub(crate) enum Least<'a> {
 
 /// The locked trees and the list whose least ratio is tied.
 pub(crate) struct TiedSet<'a> {
-    trees: parking_lot::MutexGuard<'a, [Tree; LISTS]>,
+    trees: parking_lot::MutexGuard<'a, Trees>,
     list: usize,
     shared: &'a Shared,
 }
@@ -201,14 +242,67 @@ impl TiedSet<'_> {
     #[inline]
     pub(crate) fn for_each(&self, mut f: impl FnMut(usize, u32)) {
         let positions = &self.shared.positions[self.list];
-        self.trees[self.list].for_each_tied(|k, ew| f(positions[k as usize] as usize, ew));
+        self.trees.t[self.list].for_each_tied(|k, ew| f(positions[k as usize] as usize, ew));
+    }
+
+    /// One smooth step over the tied backends (the nginx `current`s in
+    /// `current`, locked with `cache`): the winner's pool position. O(g +
+    /// log d) while the tied level is the cached one; otherwise the level
+    /// is cached first (O(d log(n / d))), or walked when it cannot be.
+    pub(crate) fn step(&mut self, cache: &mut LcCache, current: &mut [i64]) -> Option<usize> {
+        let root = self.trees.t[self.list].nodes[1];
+        let id = self.shared.id;
+        let hit = cache.owner == id
+            && self
+                .trees
+                .level
+                .is_some_and(|l| l.list == self.list && l.holds(&root))
+            && cache.len() == root.ties as usize;
+        if !hit {
+            cache.flush(current);
+            self.trees.level = None;
+            let mut ok = true;
+            self.for_each(|p, ew| ok = ok && cache.join(p, ew, current));
+            if !ok {
+                cache.flush(current);
+                return self.walk(current);
+            }
+            cache.owner = id;
+            self.trees.level = Some(Level {
+                list: self.list,
+                c: root.c,
+                w: root.w,
+            });
+        }
+        cache.step()
+    }
+
+    /// The smooth step of the scan, over the tied backends only.
+    fn walk(&self, current: &mut [i64]) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        let mut total = 0i64;
+        self.for_each(|i, w| {
+            let w = i64::from(w);
+            current[i] += w;
+            total += w;
+            if best.is_none_or(|b| current[i] > current[b]) {
+                best = Some(i);
+            }
+        });
+        let b = best?;
+        current[b] -= total;
+        Some(b)
     }
 }
 
 impl LcIndex {
     /// The index for `next`, installed as the pool's load watch, if it can
     /// answer for `next` at all.
-    pub(crate) fn prepare(next: &Snapshot) -> Option<LcIndex> {
+    pub(crate) fn prepare(
+        next: &Snapshot,
+        up: Tables,
+        cache: Arc<Mutex<LcCache>>,
+    ) -> Option<LcIndex> {
         let members = next.members();
         let usable = |m: &Member| m.is_up() && m.weight() > 0;
         if members.is_empty()
@@ -227,13 +321,19 @@ impl LcIndex {
         }
         let trees = [Tree::new(positions[0].len()), Tree::new(positions[1].len())];
         let shared = Arc::new(Shared {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            up,
+            cache,
             roots: [
                 AtomicU64::new(Node::EMPTY.packed()),
                 AtomicU64::new(Node::EMPTY.packed()),
             ],
             positions,
             live: AtomicBool::new(true),
-            trees: Mutex::new(trees),
+            trees: Mutex::new(Trees {
+                t: trees,
+                level: None,
+            }),
         });
         let watch = Watch {
             shared: shared.clone(),
@@ -272,7 +372,7 @@ impl LcIndex {
         }
         // A tie: read it again under the lock, where it cannot move.
         let trees = self.0.trees.lock();
-        let root = trees[list].nodes[1];
+        let root = trees.t[list].nodes[1];
         match root.k {
             NONE => Least::Empty,
             k if root.ties == 1 => Least::One(self.0.positions[list][k as usize] as usize),
@@ -323,16 +423,42 @@ impl Watch {
     }
 }
 
+impl Watch {
+    /// Position `pos` entered (`is`) or left the cached level: tell the
+    /// cache. False when this index no longer keeps a level.
+    fn moved(&self, pos: usize, is: bool) -> bool {
+        let Some(up) = self.shared.up.downcast_ref::<Upstream>() else {
+            return false;
+        };
+        let mut cache = self.shared.cache.lock();
+        if cache.owner != self.shared.id {
+            return false;
+        }
+        let mut current = up.currents.0.lock();
+        if !is {
+            cache.leave(pos, &mut current);
+            return true;
+        }
+        if cache.join(pos, self.statics[pos].ew, &current) {
+            return true;
+        }
+        cache.flush(&mut current);
+        false
+    }
+}
+
 impl LoadWatch for Watch {
     fn start(&mut self, members: &[Member]) {
         let mut trees = self.shared.trees.lock();
+        // Leaves are set without the cache following them: forget its level.
+        trees.level = None;
         for (pos, m) in members.iter().enumerate().take(self.slot.len()) {
             let (list, k) = self.slot[pos];
             let leaf = self.leaf(pos, m.counters().load());
-            let t = &mut trees[usize::from(list)];
+            let t = &mut trees.t[usize::from(list)];
             t.nodes[t.size + k as usize] = leaf;
         }
-        for (list, t) in trees.iter_mut().enumerate() {
+        for (list, t) in trees.t.iter_mut().enumerate() {
             for i in (1..t.size).rev() {
                 t.nodes[i] = Node::winner(t.nodes[2 * i], t.nodes[2 * i + 1]);
             }
@@ -347,8 +473,15 @@ impl LoadWatch for Watch {
         let leaf = self.leaf(pos, counters.load());
         let list = usize::from(list);
         let mut trees = self.shared.trees.lock();
-        if trees[list].set(k as usize, leaf) {
-            self.shared.roots[list].store(trees[list].nodes[1].packed(), Ordering::Release);
+        if let Some(l) = trees.level.filter(|l| l.list == list) {
+            let t = &trees.t[list];
+            let (was, is) = (l.holds(&t.nodes[t.size + k as usize]), l.holds(&leaf));
+            if was != is && !self.moved(pos, is) {
+                trees.level = None;
+            }
+        }
+        if trees.t[list].set(k as usize, leaf) {
+            self.shared.roots[list].store(trees.t[list].nodes[1].packed(), Ordering::Release);
         }
     }
 }

@@ -3,13 +3,18 @@
 //!
 //! The pool-order scan below ([`least_conn`]) is the definition, O(n) per
 //! pick. Each snapshot also gets an [`LcIndex`] (`lc_index.rs`) that gives
-//! the same decisions in O(1) without a tie and O(d log(n/d)) with `d` tied
-//! backends; picks that tried some backends, or are explained, scan.
+//! the same decisions in O(1) without a tie and, with `d` tied backends,
+//! O(g + log d) while the tied level is the one `lc_cache.rs` keeps (`g`
+//! distinct weights among them), O(d log(n/d)) when a new level becomes the
+//! least; picks that tried some backends, or are explained, scan.
 
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use lb_core::{Change, Ctx, Member, Pick, Snapshot, Tables};
 
+use super::lc_cache::LcCache;
 use super::lc_index::{LcIndex, Least};
 use super::Upstream;
 use crate::trace::{is_on, pick_via_select, why, Load, Trace};
@@ -45,54 +50,52 @@ impl NginxLeastConn {
         let members = snap.members();
         if let Some(index) = tables.index.as_ref() {
             if !is_on(t) && ctx.tried().is_empty() && index.live() {
-                let i = indexed(index, members, up, false)
-                    .or_else(|| indexed(index, members, up, true))?;
+                let i = indexed(index, &tables.cache, members, up, false)
+                    .or_else(|| indexed(index, &tables.cache, members, up, true))?;
                 return Some(Pick::new(members.get(i)?));
             }
         }
         why!(t, "least_conn: primaries");
-        let i = least_conn(members, up, ctx, false, t).or_else(|| {
+        let cache = &tables.cache;
+        let i = least_conn(members, up, cache, ctx, false, t).or_else(|| {
             why!(t, "least_conn: no primary usable; backups");
-            least_conn(members, up, ctx, true, t)
+            least_conn(members, up, cache, ctx, true, t)
         })?;
         Some(Pick::new(&members[i]))
     }
 }
 
 /// A snapshot's tables: the nginx state (`current`s, carried over health
-/// changes) and the snapshot's own index.
+/// changes) with its lazy tie-level cache (carried with it), and the
+/// snapshot's own index.
 #[derive(Debug)]
 struct LcTables {
     up: Tables,
+    cache: Arc<Mutex<LcCache>>,
     index: Option<LcIndex>,
 }
 
 /// `LC(L)` by the index: the same decision as [`least_conn`] for the
 /// primary (`backup == false`) or the backup list.
 #[inline]
-fn indexed(index: &LcIndex, members: &[Member], up: &Upstream, backup: bool) -> Option<usize> {
+fn indexed(
+    index: &LcIndex,
+    cache: &Mutex<LcCache>,
+    members: &[Member],
+    up: &Upstream,
+    backup: bool,
+) -> Option<usize> {
     match index.least(backup) {
         Least::Empty => None,
         Least::One(i) => Some(i),
-        Least::Tied(set) => {
+        Least::Tied(mut set) => {
             // The smooth step of the scan, over the tied backends only.
+            let mut cache = cache.lock();
             let mut current = up.currents.0.lock();
             if current.len() != members.len() {
                 return None;
             }
-            let mut best: Option<usize> = None;
-            let mut total = 0i64;
-            set.for_each(|i, w| {
-                let w = i64::from(w);
-                current[i] += w;
-                total += w;
-                if best.is_none_or(|b| current[i] > current[b]) {
-                    best = Some(i);
-                }
-            });
-            let b = best?;
-            current[b] -= total;
-            Some(b)
+            set.step(&mut cache, &mut current)
         }
     }
 }
@@ -101,6 +104,7 @@ fn indexed(index: &LcIndex, members: &[Member], up: &Upstream, backup: bool) -> 
 fn least_conn<T: Trace>(
     members: &[Member],
     up: &Upstream,
+    cache: &Mutex<LcCache>,
     ctx: &Ctx<'_>,
     backup: bool,
     t: &mut T,
@@ -138,7 +142,11 @@ fn least_conn<T: Trace>(
         "tie at conns/weight = {bc}/{bw}: smooth wrr among the tied, from {}",
         members[b].name()
     );
+    // The cached level's `current`s back in place first (and the cache
+    // locked: no index moves them while the scan does).
+    let mut cache = cache.lock();
     let mut current = up.currents.0.lock();
+    cache.flush(&mut current);
     let tied = |m: &Member| {
         m.is_backup() == backup && m.conns() * bw == bc * u64::from(m.configured_weight())
     };
@@ -154,10 +162,14 @@ impl Scheduler for NginxLeastConn {
     }
 
     fn prepare(&self, next: &Snapshot, prev: Option<&Snapshot>, change: Change) -> Option<Tables> {
-        let prev = prev.and_then(|p| p.tables::<LcTables>()).map(|t| &t.up);
-        let up = Upstream::carry(next, prev, change, false);
-        let index = LcIndex::prepare(next);
-        Some(Arc::new(LcTables { up, index }))
+        let prev = prev.and_then(|p| p.tables::<LcTables>());
+        let up = Upstream::carry(next, prev.map(|t| &t.up), change, false);
+        let cache = match prev {
+            Some(p) if Arc::ptr_eq(&p.up, &up) => p.cache.clone(),
+            _ => Arc::new(Mutex::new(LcCache::new(next.members().len()))),
+        };
+        let index = LcIndex::prepare(next, up.clone(), cache.clone());
+        Some(Arc::new(LcTables { up, cache, index }))
     }
 
     fn features(&self) -> Features {

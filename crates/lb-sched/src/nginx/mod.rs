@@ -31,6 +31,7 @@ use crate::wrr::{swrr_step, Currents};
 
 mod hash;
 mod ip_hash;
+mod lc_cache;
 mod lc_index;
 mod least_conn;
 mod random;
