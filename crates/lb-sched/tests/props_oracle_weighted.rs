@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use lb_core::{BackendId, ConnGuard, Ctx, Health, Member, Snapshot};
+use lb_core::{BackendId, Ctx, Member, Snapshot};
 use lb_sched::{Explain, TwoChoices};
 use proptest::prelude::*;
 
@@ -272,50 +272,7 @@ fn concurrent_changes_leave_the_indexes_exact() {
             w.apply(&Op::MaxConns(k, 2));
         }
         let (pool, lb) = (&w.pool, &w.lb);
-        let kept = parking_lot::Mutex::new(Vec::new());
-        std::thread::scope(|s| {
-            for t in 0..3u64 {
-                let kept = &kept;
-                s.spawn(move || {
-                    let mut rng = Mix(t + 1);
-                    let mut open: Vec<ConnGuard> = Vec::new();
-                    for _ in 0..20_000 {
-                        let snap = pool.load();
-                        match rng.next(6) {
-                            0 | 1 => {
-                                let ctx = Ctx::at(addr(0), Duration::ZERO);
-                                if let Some(p) = lb.scheduler().pick(&snap, &ctx) {
-                                    open.push(p.connect());
-                                }
-                            }
-                            2 => open.push(snap.members()[rng.next(64) as usize].connect()),
-                            3 if !open.is_empty() => {
-                                let k = rng.next(open.len() as u64) as usize;
-                                open[k].idle();
-                            }
-                            _ if !open.is_empty() => {
-                                let k = rng.next(open.len() as u64) as usize;
-                                drop(open.swap_remove(k));
-                            }
-                            _ => {}
-                        }
-                    }
-                    kept.lock().extend(open);
-                });
-            }
-            s.spawn(|| {
-                let mut rng = Mix(99);
-                for _ in 0..200 {
-                    let id = pool.load().members()[rng.next(64) as usize].id();
-                    if rng.next(2) == 0 {
-                        pool.set_weight(id, rng.next(5)).unwrap();
-                    } else {
-                        let h = [Health::Up, Health::Down][rng.next(2) as usize];
-                        pool.set_health(id, h).unwrap();
-                    }
-                }
-            });
-        });
+        let kept = churn(pool, lb);
         let snap = pool.load();
         let ctx = Ctx::at(addr(0), Duration::ZERO);
         let fast = lb.scheduler().pick(&snap, &ctx).map(|p| p.member().id());
@@ -340,7 +297,7 @@ fn concurrent_changes_leave_the_indexes_exact() {
             assert_eq!(fast, scan, "{sched}: index and scan disagree");
             assert_eq!(fast, want, "{sched}");
         }
-        assert!(!kept.lock().is_empty(), "some connections stay open");
+        assert!(!kept.is_empty(), "some connections stay open");
     }
 }
 

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use lb_core::{Backend, BackendId, ConnGuard, Health, Pool, Snapshot};
+use lb_core::{Backend, BackendId, ConnGuard, Ctx, Health, Pool, Snapshot};
 use lb_sched::{build, Balancer, BoxScheduler, Persist};
 use proptest::prelude::*;
 
@@ -205,4 +205,55 @@ impl Mix {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         (z ^ (z >> 31)) % n.max(1)
     }
+}
+
+/// Three threads picking, opening, idling and closing connections at random
+/// while a fourth changes weights and health, on a pool of 64 backends;
+/// returns the connections still open (keep them while checking).
+pub fn churn(pool: &Pool, lb: &Balancer) -> Vec<ConnGuard> {
+    let kept = parking_lot::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for t in 0..3u64 {
+            let kept = &kept;
+            s.spawn(move || {
+                let mut rng = Mix(t + 1);
+                let mut open: Vec<ConnGuard> = Vec::new();
+                for _ in 0..20_000 {
+                    let snap = pool.load();
+                    match rng.next(6) {
+                        0 | 1 => {
+                            let ctx = Ctx::at(addr(0), Duration::ZERO);
+                            if let Some(p) = lb.scheduler().pick(&snap, &ctx) {
+                                open.push(p.connect());
+                            }
+                        }
+                        2 => open.push(snap.members()[rng.next(64) as usize].connect()),
+                        3 if !open.is_empty() => {
+                            let k = rng.next(open.len() as u64) as usize;
+                            open[k].idle();
+                        }
+                        _ if !open.is_empty() => {
+                            let k = rng.next(open.len() as u64) as usize;
+                            drop(open.swap_remove(k));
+                        }
+                        _ => {}
+                    }
+                }
+                kept.lock().extend(open);
+            });
+        }
+        s.spawn(|| {
+            let mut rng = Mix(99);
+            for _ in 0..200 {
+                let id = pool.load().members()[rng.next(64) as usize].id();
+                if rng.next(2) == 0 {
+                    pool.set_weight(id, rng.next(5)).unwrap();
+                } else {
+                    let h = [Health::Up, Health::Down][rng.next(2) as usize];
+                    pool.set_health(id, h).unwrap();
+                }
+            }
+        });
+    });
+    kept.into_inner()
 }
