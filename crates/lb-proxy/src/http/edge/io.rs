@@ -373,14 +373,9 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
             self.armed = true;
             let now = Instant::now();
             let at = now.checked_add(limit).unwrap_or(now + FAR);
-            match self.timer.as_mut() {
-                Some(timer) => timer.as_mut().reset(at),
-                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
-            }
+            set_timer(&mut self.timer, at);
         }
-        self.timer
-            .as_mut()
-            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+        timer_fired(&mut self.timer, cx)
     }
 
     /// Run the body read timeout while the client is waited on for body
@@ -397,14 +392,9 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
             let Some(deadline) = Instant::now().checked_add(limit) else {
                 return false;
             };
-            match self.body_timer.as_mut() {
-                Some(t) => t.as_mut().reset(deadline),
-                None => self.body_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
+            set_timer(&mut self.body_timer, deadline);
         }
-        self.body_timer
-            .as_mut()
-            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+        timer_fired(&mut self.body_timer, cx)
     }
 
     /// The client sent no body bytes for the body timeout: 408 if the
@@ -643,4 +633,19 @@ pub(crate) async fn linger<T: AsyncRead + Unpin>(mut io: T) {
         }
     };
     let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// Run `slot`'s timer until `at`: the timer is reset (no timer-wheel lock
+/// when moved later), or made the first time.
+fn set_timer(slot: &mut Option<Pin<Box<Sleep>>>, at: Instant) {
+    match slot.as_mut() {
+        Some(timer) => timer.as_mut().reset(at),
+        None => *slot = Some(Box::pin(tokio::time::sleep_until(at))),
+    }
+}
+
+/// Whether `slot`'s timer has fired (registering `cx` to be woken then).
+fn timer_fired(slot: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> bool {
+    slot.as_mut()
+        .is_some_and(|t| t.as_mut().poll(cx).is_ready())
 }
