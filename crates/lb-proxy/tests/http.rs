@@ -527,3 +527,53 @@ async fn a_request_with_a_body_is_never_sent_twice() {
         rec.outcomes()
     );
 }
+
+/// The response timeout runs from the last request byte sent, as nginx's
+/// `proxy_read_timeout` starts once the request is sent: an upload that
+/// takes longer than the timeout, but never pauses that long, goes through;
+/// one that stops for longer gets 504.
+#[tokio::test]
+async fn a_slow_upload_is_not_cut_by_the_response_timeout() {
+    let a = backend("a", "127.0.0.1").await;
+    let fwd = ForwardConfig {
+        response_timeout: Some(Duration::from_millis(300)),
+        ..ForwardConfig::default()
+    };
+    let p = start_proxy(
+        "127.0.0.1",
+        BalanceLayer::new(balancer(&[(&a, 1)], "rr")),
+        fwd,
+    )
+    .await;
+    let upload = |pause: Duration| async move {
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        let head =
+            "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n";
+        s.write_all(head.as_bytes()).await.unwrap();
+        for i in 0..10 {
+            if i > 0 {
+                tokio::time::sleep(pause).await;
+            }
+            // A write may fail once the proxy has answered early.
+            if s.write_all(&[b'x'; 100]).await.is_err() {
+                break;
+            }
+        }
+        let mut out = String::new();
+        tokio::time::timeout(STEP, s.read_to_string(&mut out))
+            .await
+            .unwrap()
+            .ok();
+        out
+    };
+    // Ten pieces 100 ms apart: a second in all, past the 300 ms timeout.
+    let out = upload(Duration::from_millis(100)).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains("\r\n\r\n1000 "),
+        "the whole body arrived: {out}"
+    );
+    // A pause longer than the timeout while the body is going on: 504.
+    let out = upload(Duration::from_millis(700)).await;
+    assert!(out.starts_with("HTTP/1.1 504"), "{out}");
+}

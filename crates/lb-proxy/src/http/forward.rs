@@ -25,7 +25,7 @@ use super::headers::{add_forwarded, connection_has, strip_hop_by_hop};
 use super::idle::IdleBody;
 use super::pool::Pool;
 use super::upgrade;
-use crate::pick::{BoxError, ClientAddr, OutcomeError, Upstream, UpstreamBody};
+use crate::pick::{BoxError, ClientAddr, OutcomeError, Sending, Upstream, UpstreamBody};
 
 /// What the Host header of a forwarded request says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -45,9 +45,11 @@ pub enum HostHeader {
 pub struct ForwardConfig {
     /// Limit on connecting to a backend (nginx `proxy_connect_timeout`, 60 s).
     pub connect_timeout: Option<Duration>,
-    /// Limit on waiting for the response head once the request is handed to
-    /// the client, connecting included (nginx `proxy_read_timeout` for the
-    /// head, 60 s).
+    /// Limit on waiting for the response head, connecting included
+    /// (nginx `proxy_read_timeout` for the head, 60 s). It runs from the
+    /// last frame of the request body handed on (from the request itself
+    /// when it has no body): an upload is cut only when it stops for this
+    /// long (nginx `proxy_send_timeout`), never for taking long in all.
     pub response_timeout: Option<Duration>,
     /// Limit on the gap between two pieces of a response body (nginx
     /// `proxy_read_timeout` for the body, 60 s); also how long an idle
@@ -74,7 +76,8 @@ pub struct ForwardConfig {
 /// unless shorter than the response timeout.
 #[derive(Clone, Debug)]
 pub struct SlowResponse {
-    /// How long a response head may take before it is reported.
+    /// How long a response head may take before it is reported (counted
+    /// like the response timeout, from the last request body frame).
     pub after: Duration,
     /// Who hears of it (passive health).
     pub observer: Arc<dyn Observer>,
@@ -191,13 +194,15 @@ where
             return Box::pin(std::future::ready(Err(e.into())));
         }
         let counters = up.lease.counters().clone();
+        let sending = req.body().sending();
         let forwarding = Forwarding {
             sent: self.pool.send(up.addr, req),
+            sending,
+            started: None,
             deadline: Deadline::default(),
             limit: self.config.response_timeout,
             armed: false,
             slow: self.config.slow_response.clone(),
-            hard: None,
             up,
             client_upgrade,
             idle: self.config.idle_timeout,
@@ -220,10 +225,13 @@ pin_project! {
         deadline: Deadline,
         limit: Option<Duration>,
         armed: bool,
-        // The slow report still to make, and the response timeout's
-        // deadline the timer moves to after it.
+        // The client's body on its way, if any: the timeouts run from its
+        // last frame (nginx: proxy_send_timeout, then proxy_read_timeout).
+        sending: Option<Arc<Sending>>,
+        // When the deadline was first armed.
+        started: Option<Instant>,
+        // The slow report still to make.
         slow: Option<SlowResponse>,
-        hard: Option<Instant>,
         up: Upstream,
         client_upgrade: Option<OnUpgrade>,
         idle: Option<Duration>,
@@ -241,45 +249,57 @@ where
         let this = self.project();
         if !*this.armed {
             *this.armed = true;
-            let now = Instant::now();
-            *this.hard = this.limit.and_then(|l| now.checked_add(l));
             let limit = *this.limit;
             let soft = this.slow.as_ref().map(|s| s.after);
-            let soft = soft.filter(|a| limit.is_none_or(|l| *a < l));
-            match soft.and_then(|a| now.checked_add(a)) {
-                Some(at) => this.deadline.arm(at),
-                None => {
-                    *this.slow = None;
-                    if let Some(hard) = *this.hard {
-                        this.deadline.arm(hard);
-                    }
-                }
+            if soft.filter(|a| limit.is_none_or(|l| *a < l)).is_none() {
+                *this.slow = None;
+            }
+            let now = Instant::now();
+            *this.started = Some(now);
+            if let Some(at) = phase(this.slow, *this.limit).and_then(|d| now.checked_add(d)) {
+                this.deadline.arm(at);
             }
         }
         let resp = match this.sent.poll(cx) {
             Poll::Ready(resp) => resp?,
-            Poll::Pending => {
+            Poll::Pending => loop {
                 if !this.deadline.poll_passed(cx) {
                     return Poll::Pending;
+                }
+                let Some(wait) = phase(this.slow, *this.limit) else {
+                    return Poll::Pending;
+                };
+                // A request body still going on is not late: the time runs
+                // from its last frame.
+                if let Some(s) = this.sending.as_ref() {
+                    if let Some(at) = s.last().checked_add(wait) {
+                        if at > Instant::now() {
+                            this.deadline.reset(at);
+                            continue;
+                        }
+                    }
                 }
                 if let Some(slow) = this.slow.take() {
                     // Late: report it now, then wait on to the timeout.
                     slow.observer.slow(this.up.id, slow.after);
-                    match *this.hard {
-                        Some(hard) => this.deadline.reset(hard),
-                        None => {
-                            *this.deadline = Deadline::default();
-                            return Poll::Pending;
-                        }
-                    }
-                    if !this.deadline.poll_passed(cx) {
+                    let Some(limit) = *this.limit else {
+                        *this.deadline = Deadline::default();
                         return Poll::Pending;
+                    };
+                    let from = match this.sending.as_ref() {
+                        Some(s) => Some(s.last()),
+                        None => *this.started,
+                    };
+                    let from = from.unwrap_or_else(Instant::now);
+                    if let Some(at) = from.checked_add(limit) {
+                        this.deadline.reset(at);
                     }
+                    continue;
                 }
                 let limit = this.limit.unwrap_or_default();
                 let msg = format!("no response head within {limit:?}");
                 return Poll::Ready(Err(OutcomeError::new(Outcome::Timeout, msg).into()));
-            }
+            },
         };
         Poll::Ready(respond(
             resp,
@@ -289,6 +309,12 @@ where
             *this.tunnel,
         ))
     }
+}
+
+/// How long the current wait may last: to the slow report while one is
+/// still to make, else to the response timeout.
+fn phase(slow: &Option<SlowResponse>, limit: Option<Duration>) -> Option<Duration> {
+    slow.as_ref().map(|s| s.after).or(limit)
 }
 
 /// The backend's response as the client gets it: a protocol switch joined,

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -66,22 +66,31 @@ pin_project! {
             #[pin]
             body: B,
             counters: Option<Arc<Counters>>,
-            // Set when the client's body fails: the attempt's error is then
-            // the client's doing, not the backend's.
-            failed: Option<Arc<AtomicBool>>,
+            // Whether the client's body failed (the attempt's error is then
+            // the client's doing, not the backend's), and when a byte last
+            // went on to the backend.
+            failed: Option<Arc<Sending>>,
         },
         Empty,
     }
 }
 
 impl<B> UpstreamBody<B> {
-    pub(crate) fn stream(body: B, counters: Arc<Counters>, failed: Arc<AtomicBool>) -> Self {
+    pub(crate) fn stream(body: B, counters: Arc<Counters>, failed: Arc<Sending>) -> Self {
         UpstreamBody {
             inner: Inner::Stream {
                 body,
                 counters: Some(counters),
                 failed: Some(failed),
             },
+        }
+    }
+
+    /// How the sending of this body goes, when it is the client's body.
+    pub(crate) fn sending(&self) -> Option<Arc<Sending>> {
+        match &self.inner {
+            Inner::Stream { failed, .. } => failed.clone(),
+            Inner::Empty => None,
         }
     }
 
@@ -129,12 +138,16 @@ impl<B: Body> Body for UpstreamBody<B> {
             } => {
                 let frame = ready!(body.poll_frame(cx));
                 match (&frame, counters, failed) {
-                    (Some(Ok(f)), Some(c), _) => {
-                        if let Some(d) = f.data_ref() {
+                    (Some(Ok(f)), c, failed) => {
+                        if let (Some(d), Some(c)) = (f.data_ref(), c) {
                             c.add_bytes(d.remaining() as u64, 0);
                         }
+                        if let Some(s) = failed {
+                            s.touch();
+                        }
                     }
-                    (Some(Err(_)), _, Some(failed)) => failed.store(true, Ordering::Relaxed),
+                    (Some(Err(_)), _, Some(s)) => s.failed.store(true, Ordering::Relaxed),
+                    (None, _, Some(s)) => s.touch(),
                     _ => {}
                 }
                 Poll::Ready(frame)
@@ -155,6 +168,45 @@ impl<B: Body> Body for UpstreamBody<B> {
             Inner::Stream { body, .. } => body.size_hint(),
             Inner::Empty => SizeHint::with_exact(0),
         }
+    }
+}
+
+/// How a client's request body is going on to the backend: whether it
+/// failed, and when its last frame went on (the response timeout runs from
+/// then, as nginx's `proxy_read_timeout` starts once the request is sent).
+#[derive(Debug)]
+pub(crate) struct Sending {
+    failed: AtomicBool,
+    base: tokio::time::Instant,
+    last_ns: AtomicU64,
+}
+
+impl Sending {
+    pub(crate) fn new() -> Self {
+        Sending {
+            failed: AtomicBool::new(false),
+            base: tokio::time::Instant::now(),
+            last_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the client's body failed.
+    pub(crate) fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// A frame went on now.
+    fn touch(&self) {
+        let ns = self.base.elapsed().as_nanos();
+        self.last_ns
+            .store(u64::try_from(ns).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// When the last frame went on (the creation time before any did).
+    pub(crate) fn last(&self) -> tokio::time::Instant {
+        let ns = self.last_ns.load(Ordering::Relaxed);
+        let at = self.base.checked_add(std::time::Duration::from_nanos(ns));
+        at.unwrap_or(self.base)
     }
 }
 

@@ -6,7 +6,6 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -18,7 +17,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::body::{Lease, LeasedBody, Upstream, UpstreamBody};
+use super::body::{Lease, LeasedBody, Sending, Upstream, UpstreamBody};
 use super::error::{classify_sent, BoxError, Error};
 use super::policy::{is_idempotent, status_is_failure, MAX_TRIES};
 use super::service::{Head, Shared};
@@ -125,7 +124,7 @@ struct Attempts<S, B> {
     _body: PhantomData<fn(B)>,
     /// Whether the client's body failed while being sent (only a streamed
     /// body can: an empty one needs no flag, and no allocation).
-    client_failed: Option<Arc<AtomicBool>>,
+    client_failed: Option<Arc<Sending>>,
 }
 
 pin_project! {
@@ -195,7 +194,7 @@ where
             drop(body);
             (UpstreamBody::empty(), None)
         } else {
-            let failed = Arc::new(AtomicBool::new(false));
+            let failed = Arc::new(Sending::new());
             let counters = up.lease.counters().clone();
             (
                 UpstreamBody::stream(body, counters, failed.clone()),
@@ -329,12 +328,7 @@ impl<S, B> Attempts<S, B> {
                 }
                 Step::Done(Ok(resp.map(|b| LeasedBody::new(b, cur.lease))))
             }
-            Err(e)
-                if self
-                    .client_failed
-                    .as_ref()
-                    .is_some_and(|f| f.load(Ordering::Relaxed)) =>
-            {
+            Err(e) if self.client_failed.as_ref().is_some_and(|f| f.failed()) => {
                 // The client's body broke off: no fault of the backend's,
                 // and nothing to send again.
                 tracing::debug!(backend = %cur.name, "the client's request body failed");

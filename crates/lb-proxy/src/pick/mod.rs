@@ -16,6 +16,7 @@ mod future;
 mod policy;
 pub(crate) mod service;
 
+pub(crate) use body::Sending;
 pub use body::{Lease, LeasedBody, Upstream, UpstreamBody};
 pub use error::{classify, BoxError, Error, OutcomeError};
 pub use future::ResponseFuture;
