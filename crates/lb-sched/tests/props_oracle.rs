@@ -223,12 +223,7 @@ fn large_pools_match_the_independent_scan() {
                     }
                     continue;
                 }
-                8..=10 => Op::Open(rng.next(400) as usize),
-                11..=14 => Op::Close(rng.next(1000) as usize),
-                15 | 16 => Op::Idle(rng.next(1000) as usize),
-                17 => Op::Activate(rng.next(1000) as usize),
-                18 => Op::Weight(rng.next(400) as usize, rng.next(6)),
-                _ => Op::Health(rng.next(400) as usize, rng.next(3) as u8),
+                r => change(&mut rng, r),
             };
             mem.wrote(w.apply(&op));
         }

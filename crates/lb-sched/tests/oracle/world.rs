@@ -207,6 +207,19 @@ impl Mix {
     }
 }
 
+/// The change drawn as `r` (8 to 19 of 20; below 8 the long runs pick):
+/// open, close, idle, activate, weight or health, at a random place.
+pub fn change(rng: &mut Mix, r: u64) -> Op {
+    match r {
+        8..=10 => Op::Open(rng.next(400) as usize),
+        11..=14 => Op::Close(rng.next(1000) as usize),
+        15 | 16 => Op::Idle(rng.next(1000) as usize),
+        17 => Op::Activate(rng.next(1000) as usize),
+        18 => Op::Weight(rng.next(400) as usize, rng.next(6)),
+        _ => Op::Health(rng.next(400) as usize, rng.next(3) as u8),
+    }
+}
+
 /// Three threads picking, opening, idling and closing connections at random
 /// while a fourth changes weights and health, on a pool of 64 backends;
 /// returns the connections still open (keep them while checking).
