@@ -31,7 +31,7 @@ use tower::Service;
 
 #[path = "support/clock.rs"]
 mod clock;
-use clock::Clock;
+use clock::{config, Clock};
 
 const SIZES: [usize; 3] = [3, 100, 10_000];
 const KEYS: usize = 1024;
@@ -218,21 +218,6 @@ fn ratios(_: &mut Criterion<Clock>) {
             "tower p2c / p2c",
             peer / mine
         );
-    }
-}
-
-fn config() -> Criterion<Clock> {
-    let c = Criterion::default()
-        .with_measurement(Clock::from_env())
-        .configure_from_args();
-    if std::env::var_os("LB_BENCH_QUICK").is_some() {
-        c.warm_up_time(Duration::from_millis(200))
-            .measurement_time(Duration::from_millis(500))
-            .sample_size(10)
-    } else {
-        c.warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(1))
-            .sample_size(20)
     }
 }
 

@@ -17,7 +17,7 @@ use lb_sched::{Balancer, Persist};
 
 #[path = "support/clock.rs"]
 mod clock;
-use clock::Clock;
+use clock::{config, quick, Clock};
 
 const SIZES: [usize; 3] = [3, 100, 10_000];
 /// Distinct clients, destinations and keys cycled through by the picks.
@@ -83,10 +83,6 @@ impl Fixture {
             .pool()
             .with_snapshot(|snap| self.lb.scheduler().pick(snap, &ctx).is_some())
     }
-}
-
-fn quick() -> bool {
-    std::env::var_os("LB_BENCH_QUICK").is_some()
 }
 
 fn bench_single(c: &mut Criterion<Clock>) {
@@ -352,23 +348,6 @@ fn bench_two_threads(c: &mut Criterion<Clock>) {
         }
     }
     g.finish();
-}
-
-fn config() -> Criterion<Clock> {
-    let clock = Clock::from_env();
-    eprintln!("measuring {}", clock.name());
-    let c = Criterion::default()
-        .with_measurement(clock)
-        .configure_from_args();
-    if quick() {
-        c.warm_up_time(Duration::from_millis(200))
-            .measurement_time(Duration::from_millis(500))
-            .sample_size(10)
-    } else {
-        c.warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(1))
-            .sample_size(20)
-    }
 }
 
 criterion_group! {

@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::Criterion;
 
 /// Wall time or thread CPU time, chosen once from `LB_BENCH_CLOCK`.
 pub struct Clock {
@@ -92,5 +93,29 @@ impl Measurement for Clock {
     }
     fn formatter(&self) -> &dyn ValueFormatter {
         self.wall.formatter()
+    }
+}
+
+/// Whether `LB_BENCH_QUICK` asks for short runs.
+pub fn quick() -> bool {
+    std::env::var_os("LB_BENCH_QUICK").is_some()
+}
+
+/// The criterion settings every benchmark here uses: the clock of
+/// `LB_BENCH_CLOCK`, short runs with `LB_BENCH_QUICK`.
+pub fn config() -> Criterion<Clock> {
+    let clock = Clock::from_env();
+    eprintln!("measuring {}", clock.name());
+    let c = Criterion::default()
+        .with_measurement(clock)
+        .configure_from_args();
+    if quick() {
+        c.warm_up_time(Duration::from_millis(200))
+            .measurement_time(Duration::from_millis(500))
+            .sample_size(10)
+    } else {
+        c.warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(1))
+            .sample_size(20)
     }
 }
