@@ -234,7 +234,7 @@ fn bench_locality(c: &mut Criterion<Clock>) {
 /// least-connection schedulers read), with each scheduler attached.
 fn bench_open_close(c: &mut Criterion<Clock>) {
     let mut g = c.benchmark_group("open_close");
-    for name in ["rr", "wlc"] {
+    for name in ["rr", "wlc", "fo", "ovf", "least_conn"] {
         for n in SIZES {
             let cell = OnceCell::new();
             g.bench_function(BenchmarkId::new(name, n), |b| {
