@@ -29,8 +29,21 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_backend_is_ejected_passively_and_restored_actively() {
+/// Three backends a, b, c behind the proxy, round robin, with passive
+/// health (max_fails 1) and active checks every `interval` (rise 2, fall 2).
+struct Three {
+    a: TestBackend,
+    b: TestBackend,
+    c: TestBackend,
+    pool: lb_core::Pool,
+    c_id: lb_core::BackendId,
+    health: lb_proxy::config::RunningHealth,
+    events: tokio::sync::broadcast::Receiver<lb_health::Event>,
+    proxy: TestProxy,
+    client: TestClient,
+}
+
+async fn three(interval: Duration, fail_timeout: Duration) -> Three {
     let a = backend("a", "127.0.0.1").await;
     let b = backend("b", "127.0.0.1").await;
     let c = backend("c", "127.0.0.1").await;
@@ -39,23 +52,48 @@ async fn killed_backend_is_ejected_passively_and_restored_actively() {
     let c_id = pool.find("c").unwrap();
     let settings = HealthSettings {
         enabled: true,
-        interval: Duration::from_millis(100),
+        interval,
         timeout: Duration::from_millis(300),
         rise: 2,
         fall: 2,
         max_fails: 1,
-        fail_timeout: Duration::from_millis(500),
+        fail_timeout,
         ..HealthSettings::default()
     };
     let health = settings.start(&lb).unwrap();
-    let mut events = health.supervisor.events();
+    let events = health.supervisor.events();
     let proxy = start_proxy(
         "127.0.0.1",
         BalanceLayer::new(lb).observer(health.observer.clone()),
         ForwardConfig::default(),
     )
     .await;
-    let client = client();
+    Three {
+        a,
+        b,
+        c,
+        pool,
+        c_id,
+        health,
+        events,
+        proxy,
+        client: client(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backend_is_ejected_passively_and_restored_actively() {
+    let Three {
+        a: _a,
+        b: _b,
+        c,
+        pool,
+        c_id,
+        health,
+        mut events,
+        proxy,
+        client,
+    } = three(Duration::from_millis(100), Duration::from_millis(500)).await;
 
     for _ in 0..6 {
         assert_eq!(get(&client, proxy.addr, "/").await.0, 200);
@@ -297,31 +335,17 @@ async fn a_hung_backend_is_ejected_at_the_slow_signal_and_readmitted_by_checks()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_passive_ejection_ends_by_rise_checks_before_fail_timeout() {
-    let a = backend("a", "127.0.0.1").await;
-    let b = backend("b", "127.0.0.1").await;
-    let c = backend("c", "127.0.0.1").await;
-    let lb = balancer(&[(&a, 1), (&b, 1), (&c, 1)], "rr");
-    let pool = lb.pool().clone();
-    let c_id = pool.find("c").unwrap();
-    let settings = HealthSettings {
-        enabled: true,
-        interval: Duration::from_millis(400),
-        timeout: Duration::from_millis(300),
-        rise: 2,
-        fall: 2,
-        max_fails: 1,
-        fail_timeout: Duration::from_secs(60),
-        ..HealthSettings::default()
-    };
-    let health = settings.start(&lb).unwrap();
-    let mut events = health.supervisor.events();
-    let proxy = start_proxy(
-        "127.0.0.1",
-        BalanceLayer::new(lb).observer(health.observer.clone()),
-        ForwardConfig::default(),
-    )
-    .await;
-    let client = client();
+    let Three {
+        a: _a,
+        b: _b,
+        c,
+        pool,
+        c_id,
+        health,
+        mut events,
+        proxy,
+        client,
+    } = three(Duration::from_millis(400), Duration::from_secs(60)).await;
     let c_addr = c.addr;
     c.kill();
     drop(c);
