@@ -244,6 +244,32 @@ async fn event_for(
     }
 }
 
+/// `c` comes back by passing checks (not by fail_timeout: the event says
+/// so), is eligible again, and serves again.
+async fn readmitted_by_checks(
+    events: &mut tokio::sync::broadcast::Receiver<lb_health::Event>,
+    c_id: lb_core::BackendId,
+    pool: &lb_core::Pool,
+    client: &TestClient,
+    addr: std::net::SocketAddr,
+) {
+    let ev = event_for(events, c_id).await;
+    assert_eq!(ev.new, lb_health::State::Up, "{ev}");
+    assert!(
+        matches!(ev.reason, lb_health::Reason::CheckPassed { .. }),
+        "back by the checks, not by fail_timeout: {ev}"
+    );
+    wait_for("c back in the pool", || {
+        pool.load().get(c_id).unwrap().is_eligible()
+    })
+    .await;
+    let mut back = false;
+    for _ in 0..6 {
+        back |= get(client, addr, "/").await.1 == "c";
+    }
+    assert!(back, "c serves again, at its full weight");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_backend_is_ejected_at_the_slow_signal_and_readmitted_by_checks() {
     let a = backend("a", "127.0.0.1").await;
@@ -313,21 +339,7 @@ async fn a_hung_backend_is_ejected_at_the_slow_signal_and_readmitted_by_checks()
     // It answers again: fast checks see it, and rise of them bring it back
     // (not fail_timeout, 60 s away).
     c.hang.store(false, Ordering::SeqCst);
-    let ev = event_for(&mut events, c_id).await;
-    assert_eq!(ev.new, lb_health::State::Up, "{ev}");
-    assert!(
-        matches!(ev.reason, lb_health::Reason::CheckPassed { .. }),
-        "{ev}"
-    );
-    wait_for("c back in the pool", || {
-        pool.load().get(c_id).unwrap().is_eligible()
-    })
-    .await;
-    let mut back = false;
-    for _ in 0..6 {
-        back |= get(&client, proxy.addr, "/").await.1 == "c";
-    }
-    assert!(back, "c serves again");
+    readmitted_by_checks(&mut events, c_id, &pool, &client, proxy.addr).await;
     if let Some(checker) = health.checker {
         checker.stop();
     }
@@ -360,21 +372,7 @@ async fn a_passive_ejection_ends_by_rise_checks_before_fail_timeout() {
         "{ev}"
     );
     let c = backend_on("c", c_addr).await;
-    let ev = event_for(&mut events, c_id).await;
-    assert_eq!(ev.new, lb_health::State::Up, "{ev}");
-    assert!(
-        matches!(ev.reason, lb_health::Reason::CheckPassed { .. }),
-        "back by the checks, not by fail_timeout: {ev}"
-    );
-    wait_for("c back in the pool", || {
-        pool.load().get(c_id).unwrap().is_eligible()
-    })
-    .await;
-    let mut back = false;
-    for _ in 0..6 {
-        back |= get(&client, proxy.addr, "/").await.1 == "c";
-    }
-    assert!(back, "c serves again, at its full weight");
+    readmitted_by_checks(&mut events, c_id, &pool, &client, proxy.addr).await;
     drop(c);
     if let Some(checker) = health.checker {
         checker.stop();

@@ -242,11 +242,7 @@ fn concurrent_changes_leave_the_index_exact() {
         let kept = churn(pool, lb);
         let snap = pool.load();
         let ctx = Ctx::at(addr(0), Duration::ZERO);
-        let fast = lb.scheduler().pick(&snap, &ctx).map(|p| p.member().id());
-        let scan = lb
-            .scheduler()
-            .explain(&snap, &ctx, &mut Explain::new())
-            .map(|p| p.member().id());
+        let (fast, scan) = fast_and_scan(lb, &snap, &ctx);
         let want = oracle(sched, &snap, &ctx, &mut Memory::default()).map(Member::id);
         assert_eq!(
             fast, scan,

@@ -270,3 +270,18 @@ pub fn churn(pool: &Pool, lb: &Balancer) -> Vec<ConnGuard> {
     });
     kept.into_inner()
 }
+
+/// What the scheduler attached to `lb` picks for `ctx` by its fast path,
+/// and by its explained scan.
+pub fn fast_and_scan(
+    lb: &Balancer,
+    snap: &Snapshot,
+    ctx: &Ctx<'_>,
+) -> (Option<BackendId>, Option<BackendId>) {
+    let fast = lb.scheduler().pick(snap, ctx).map(|p| p.member().id());
+    let scan = lb
+        .scheduler()
+        .explain(snap, ctx, &mut lb_sched::Explain::new())
+        .map(|p| p.member().id());
+    (fast, scan)
+}
