@@ -4,26 +4,35 @@
 //! - consistent hashing: `pingora-ketama` (Cloudflare's port of nginx's
 //!   ketama, the ring `pingora-load-balancing`'s `Consistent` selection
 //!   uses) against our `hash consistent` (nginx's ketama, exact) and `mh`;
+//! - weighted round robin: `pingora-load-balancing`'s
+//!   `LoadBalancer<RoundRobin>` (`select`, its per-request path: the
+//!   weight-expanded table, a shared counter and its health lookup) against
+//!   our `wrr` (nginx's smooth weighted round robin, exact);
 //! - power of two choices: tower's `p2c::Balance` (`poll_ready` + `call`,
 //!   its per-request path) against our `p2c`.
 //!
-//! `pingora-load-balancing` itself (its weighted round robin) is not here:
-//! its `pingora-core` dependency builds zlib-ng through CMake and zstd from
-//! C unconditionally, which this workspace does not want for a benchmark.
+//! Building `pingora-load-balancing` needs CMake (its `pingora-core` builds
+//! zlib-ng); `.ci/run` installs it.
 //!
-//! `cargo bench --bench peers`; `LB_BENCH_QUICK=1` shortens the runs and
+//! `cargo bench --bench peers --features peers`; `LB_BENCH_QUICK=1` shortens the runs and
 //! `LB_BENCH_CLOCK=thread` measures thread CPU time (see `support/clock.rs`).
 
 use std::cell::OnceCell;
+use std::collections::BTreeSet;
 use std::convert::Infallible;
+use std::future::Future;
 use std::hint::black_box;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use lb_core::{Backend, Ctx, Pool};
 use lb_sched::Balancer;
+use pingora_load_balancing::discovery::Static;
+use pingora_load_balancing::selection::RoundRobin;
+use pingora_load_balancing::{Backends, LoadBalancer};
 use tower::balance::p2c::Balance;
 use tower::discover::ServiceList;
 use tower::load::Constant;
@@ -75,6 +84,36 @@ fn ketama(n: usize) -> pingora_ketama::Continuum {
         .map(|i| pingora_ketama::Bucket::new(addr(i), weight(i) as u32))
         .collect();
     pingora_ketama::Continuum::new(&buckets)
+}
+
+/// pingora's weighted round robin over `n` backends (weights 1..4), its
+/// static discovery already run.
+fn pingora_wrr(n: usize) -> LoadBalancer<RoundRobin> {
+    let set: BTreeSet<_> = (0..n)
+        .map(|i| {
+            pingora_load_balancing::Backend::new_with_weight(
+                &addr(i).to_string(),
+                weight(i) as usize,
+            )
+            .expect("a socket address")
+        })
+        .collect();
+    let lb = LoadBalancer::from_backends(Backends::new(Static::new(set)));
+    {
+        // Static discovery completes at its first poll.
+        let update = pin!(lb.update());
+        match update.poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(r) => r.expect("static discovery"),
+            Poll::Pending => panic!("static discovery did not complete at once"),
+        }
+    }
+    lb
+}
+
+/// One pingora pick, as its proxies call it (`max_iterations` 256).
+#[inline]
+fn pingora_pick(lb: &LoadBalancer<RoundRobin>) -> bool {
+    lb.select(b"", 256).is_some()
 }
 
 type Svc =
@@ -129,6 +168,28 @@ fn bench_hash(c: &mut Criterion<Clock>) {
                 })
             });
         }
+    }
+    g.finish();
+}
+
+fn bench_wrr(c: &mut Criterion<Clock>) {
+    let keys = keys();
+    let mut g = c.benchmark_group("peers_wrr");
+    for n in SIZES {
+        let peer = OnceCell::new();
+        g.bench_function(BenchmarkId::new("pingora-lb", n), |b| {
+            let lb = peer.get_or_init(|| pingora_wrr(n));
+            b.iter(|| black_box(pingora_pick(lb)))
+        });
+        let lb = OnceCell::new();
+        g.bench_function(BenchmarkId::new("wrr", n), |b| {
+            let lb = lb.get_or_init(|| ours("wrr", n));
+            let mut k = 0;
+            b.iter(|| {
+                k = (k + 1) % KEYS;
+                black_box(our_pick(lb, &keys, k))
+            })
+        });
     }
     g.finish();
 }
@@ -202,6 +263,19 @@ fn ratios(_: &mut Criterion<Clock>) {
                 peer / mine
             );
         }
+        let peer_lb = pingora_wrr(n);
+        let peer = ns_per(|_| {
+            black_box(pingora_pick(&peer_lb));
+        });
+        let lb = ours("wrr", n);
+        let mine = ns_per(|i| {
+            black_box(our_pick(&lb, &keys, i % KEYS));
+        });
+        println!(
+            "{:<28} {n:>7} {peer:>12.1} {mine:>12.1} {:>8.2}",
+            "pingora-lb wrr / wrr",
+            peer / mine
+        );
         let mut bal = tower_p2c(n);
         let mut cx = Context::from_waker(Waker::noop());
         // Let tower discover its services before timing.
@@ -224,6 +298,6 @@ fn ratios(_: &mut Criterion<Clock>) {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_hash, bench_p2c, ratios
+    targets = bench_hash, bench_wrr, bench_p2c, ratios
 }
 criterion_main!(benches);
