@@ -24,8 +24,15 @@ use tokio::net::TcpStream;
 use crate::drain::Watch;
 use tokio::time::{sleep_until, Instant};
 
-/// Bytes a direction reads before writing them on (per direction and connection).
+/// Bytes a direction reads before writing them on (per direction and
+/// connection), at first: what nginx's `proxy_buffer_size` and HAProxy's
+/// `tune.bufsize` default to, so that idle and interactive connections stay
+/// small.
 const BUF_SIZE: usize = 16 * 1024;
+
+/// What a direction's buffer grows to once a read fills it: a bulk
+/// transfer then moves four times as much per read and write.
+const BULK_BUF_SIZE: usize = 64 * 1024;
 
 /// How a forwarded connection ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +111,9 @@ where
             return to.shutdown().await;
         }
         to.write_all(&buf[..n]).await?;
+        if n == buf.len() && n < BULK_BUF_SIZE {
+            buf.resize(BULK_BUF_SIZE, 0);
+        }
         let n = n as u64;
         moved.fetch_add(n, Ordering::Relaxed);
         match way {
