@@ -35,8 +35,7 @@ pub(crate) struct IpHash {
 }
 
 impl IpHash {
-    /// Keys drawn from the standard library's random source.
-    pub(crate) fn random() -> Self {
+    fn random() -> Self {
         let draw = |salt: u64| {
             let mut h = RandomState::new().build_hasher();
             h.write_u64(salt);
@@ -196,21 +195,6 @@ impl Placed {
         match snap.members().get(at) {
             Some(x) if std::ptr::eq(x, m) => Self::new(m, at),
             _ => Self::new(m, snap.index_of(m.id()).unwrap_or(u32::MAX as usize)),
-        }
-    }
-
-    /// The id and the position in one word (for a lock-free table).
-    #[inline]
-    pub(crate) fn to_bits(self) -> u64 {
-        u64::from(self.id.get()) << 32 | u64::from(self.pos)
-    }
-
-    /// The inverse of [`to_bits`](Self::to_bits).
-    #[inline]
-    pub(crate) fn from_bits(bits: u64) -> Self {
-        Placed {
-            id: BackendId::from_raw((bits >> 32) as u32),
-            pos: bits as u32,
         }
     }
 

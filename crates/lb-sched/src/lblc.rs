@@ -2,9 +2,8 @@
 //! (`ip_vs_lblc.c`) and `lblcr` (`ip_vs_lblcr.c`), reference A.10, A.11.
 //!
 //! Each scheduler instance owns its table, a map from destination IP to the
-//! backend (lblc) or set of backends (lblcr) that served it, in shards:
-//! lblc's is read without a lock (`flat.rs`), lblcr's sets sit behind a
-//! lock per shard (`keyed.rs`). Entries name backends by
+//! backend (lblc) or set of backends (lblcr) that served it, in shards
+//! behind locks of its own (`keyed.rs`). Entries name backends by
 //! [`BackendId`] (with a position hint). There is no timer: an entry is
 //! valid while `now - last_use < expire` and an expired one is treated as
 //! absent when it is looked up (`SCHEDULERS.md`).
@@ -22,11 +21,10 @@ use std::time::Duration;
 
 use lb_core::{BackendId, Change, Ctx, Member, Pick, Snapshot, Tables};
 
-use crate::flat::{FlatTable, Lookup, Record};
 use crate::keyed::{IpKey, IpMap, IpTable, Placed};
 use crate::lc::{decided, least, lvs_overhead, prepare_index, wlc, wlc_cost};
 use crate::least::{LeastIndex, Rule};
-use crate::trace::{pick_via_select, why, Load, NoTrace, Trace};
+use crate::trace::{pick_via_select, why, Load, Trace};
 use crate::Scheduler;
 
 /// The default `expire`: LVS's `lblc_expiration` and `lblcr_expiration`, 24 h.
@@ -108,10 +106,11 @@ fn overloaded<T: Trace>(d: &Member, snap: &Snapshot, ctx: &Ctx<'_>, t: &mut T) -
 
 // === impl LocalityLeastConn ===
 
-/// A time as a table word (nanoseconds, saturating).
-#[inline]
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+/// One lblc entry: the backend that served a destination, and when.
+#[derive(Debug, Clone, Copy)]
+struct Cached {
+    backend: Placed,
+    last_use: Duration,
 }
 
 /// `lblc`: locality-based least connection, as LVS `ip_vs_lblc.c`.
@@ -122,15 +121,10 @@ fn nanos(d: Duration) -> u64 {
 /// pool and the entry is replaced. Every lookup of a valid entry refreshes
 /// its last use. *Overloaded*: `active > weight` while some eligible backend
 /// has `2 * active < weight`. A pick without a destination gives none.
-///
-/// A pick that uses a valid entry takes no lock: the table is read
-/// optimistically (`flat.rs`), and only a miss, an expired entry or a
-/// backend that cannot be used takes the lock of the entry's shard, where
-/// the whole rule runs again.
 #[derive(Debug)]
 pub struct LocalityLeastConn {
     expire: Duration,
-    table: FlatTable,
+    table: IpTable<Cached>,
 }
 
 impl Default for LocalityLeastConn {
@@ -149,7 +143,7 @@ impl LocalityLeastConn {
     pub fn with_expire(expire: Duration) -> Self {
         LocalityLeastConn {
             expire,
-            table: FlatTable::with_capacity(TABLE_CAPACITY),
+            table: IpTable::with_capacity(TABLE_CAPACITY),
         }
     }
 
@@ -160,66 +154,12 @@ impl LocalityLeastConn {
         t: &mut T,
     ) -> Option<Pick<'s>> {
         let key = dest_key("lblc", ctx, t)?;
-        if !crate::trace::is_on(t) {
-            if let Some(d) = self.table.read(key, |found| self.hit(found, snap, ctx)) {
-                return Some(Pick::new(d));
-            }
-        }
-        self.select_locked(key, snap, ctx, t)
-    }
-
-    /// The pick without a lock: the entry's backend when the entry is valid
-    /// and the backend eligible and not overloaded (its last use refreshed),
-    /// else none, and nothing written.
-    #[inline]
-    fn hit<'s>(&self, found: Lookup<'_>, snap: &'s Snapshot, ctx: &Ctx<'_>) -> Option<&'s Member> {
-        let Lookup::Found(slot, rec) = found else {
-            return None;
-        };
         let now = ctx.now();
-        if !valid(now, Duration::from_nanos(rec.b), self.expire) {
-            return None;
-        }
-        let mut placed = Placed::from_bits(rec.a);
-        let d = placed.find(snap)?;
-        if !ctx.usable(d) || overloaded(d, snap, ctx, &mut NoTrace) {
-            return None;
-        }
-        // A slot holds one key for the life of its array, so these writes
-        // land on this destination's entry: the last use (as the locked
-        // path would set it), and the position if the pool moved it unless
-        // a writer replaced the backend meanwhile.
-        let now = nanos(now);
-        if now != rec.b {
-            slot.set_b(now);
-        }
-        if placed.to_bits() != rec.a {
-            slot.swap_a(rec.a, placed.to_bits());
-        }
-        Some(d)
-    }
-
-    /// The whole rule under the lock of the entry's shard.
-    fn select_locked<'s, T: Trace>(
-        &self,
-        key: IpAddr,
-        snap: &'s Snapshot,
-        ctx: &Ctx<'_>,
-        t: &mut T,
-    ) -> Option<Pick<'s>> {
-        let now = ctx.now();
-        let keep = |rec: Record| valid(now, Duration::from_nanos(rec.b), self.expire);
-        let mut entry = self.table.write(key);
-        match entry.get() {
-            Some(rec) if keep(rec) => {
-                let mut placed = Placed::from_bits(rec.a);
-                let found = placed.find(snap);
-                let touched = Record {
-                    a: placed.to_bits(),
-                    b: nanos(now),
-                };
-                entry.set(touched, keep);
-                match found {
+        let mut table = self.table.shard(&key);
+        if let Some(en) = table.get_mut(&IpKey(key)) {
+            if valid(now, en.last_use, self.expire) {
+                en.last_use = now;
+                match en.backend.find(snap) {
                     Some(d) if ctx.usable(d) => {
                         why!(t, "lblc: {key} -> {}", Load(d));
                         if !overloaded(d, snap, ctx, t) {
@@ -228,22 +168,26 @@ impl LocalityLeastConn {
                         }
                     }
                     Some(d) => why!(t, "lblc: {key} -> {}: not eligible", Load(d)),
-                    None => why!(t, "lblc: {key} -> {}: no longer in the pool", placed.id),
+                    None => why!(t, "lblc: {key} -> {}: no longer in the pool", en.backend.id),
                 }
+            } else {
+                why!(t, "lblc: the entry for {key} has expired");
             }
-            Some(_) => why!(t, "lblc: the entry for {key} has expired"),
-            None => why!(t, "lblc: no entry for {key}"),
+        } else {
+            why!(t, "lblc: no entry for {key}");
         }
         why!(t, "lblc: reselect by wlc over the pool");
         let d = wlc(snap, ctx, t)?;
-        let placed = Placed::of(snap, d);
-        entry.set(
-            Record {
-                a: placed.to_bits(),
-                b: nanos(now),
-            },
-            keep,
-        );
+        let entry = Cached {
+            backend: Placed::of(snap, d),
+            last_use: now,
+        };
+        if let Some(en) = table.get_mut(&IpKey(key)) {
+            *en = entry;
+        } else {
+            make_room(&mut table, |e| e.last_use, now, self.expire);
+            table.insert(IpKey(key), entry);
+        }
         Some(Pick::new(d))
     }
 }

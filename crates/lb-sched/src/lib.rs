@@ -39,7 +39,6 @@ use lb_core::{BackendId, Change, Ctx, Outcome, Pick, Snapshot, Tables};
 mod balancer;
 mod error;
 mod ewma;
-mod flat;
 mod fo;
 mod hash;
 mod heavy;
