@@ -11,7 +11,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use lb_core::{BackendId, Observer, Outcome, Snapshot};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
@@ -58,6 +58,7 @@ impl PassiveBuilder {
             peers: RwLock::new(HashMap::new()),
             recovering: Mutex::new(Vec::new()),
             recovering_len: AtomicUsize::new(0),
+            unclean: AtomicUsize::new(0),
             ejected: Mutex::new(HashMap::new()),
         });
         let follower: Weak<dyn Follower> = Arc::downgrade(&passive) as Weak<PassiveHealth>;
@@ -126,6 +127,9 @@ pub struct PassiveHealth {
     /// Backends whose nginx effective weight is below their weight.
     recovering: Mutex<Vec<BackendId>>,
     recovering_len: AtomicUsize,
+    /// How many peers are not [clean](Peer::is_clean): while none is, and
+    /// none recovers, a success changes nothing and is not even looked up.
+    unclean: AtomicUsize,
     /// Ejected backends and the end of their ejection (for the cap).
     ejected: Mutex<HashMap<BackendId, Instant>>,
 }
@@ -134,6 +138,59 @@ pub struct PassiveHealth {
 struct Peer {
     nginx: NginxPeer,
     outlier: OutlierPeer,
+    /// Dropped from the map (its backend left the pool): no longer counted.
+    gone: bool,
+}
+
+impl Peer {
+    /// Nothing to forget: no failure counted, no weight lowered, no run of
+    /// failures, no ejection. A success on a clean peer changes nothing
+    /// (nginx's `checked` matters only once `fails` is above 0, and a
+    /// failure sets it).
+    fn is_clean(&self) -> bool {
+        self.nginx.fails == 0
+            && self.nginx.ew.is_none()
+            && self.outlier.consecutive == 0
+            && self.outlier.ejected_until.is_none()
+    }
+}
+
+/// A locked peer that keeps [`PassiveHealth::unclean`] right when it is
+/// released: every change to a peer goes through one.
+struct PeerGuard<'a> {
+    peer: MutexGuard<'a, Peer>,
+    was_clean: bool,
+    unclean: &'a AtomicUsize,
+}
+
+impl std::ops::Deref for PeerGuard<'_> {
+    type Target = Peer;
+    fn deref(&self) -> &Peer {
+        &self.peer
+    }
+}
+
+impl std::ops::DerefMut for PeerGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Peer {
+        &mut self.peer
+    }
+}
+
+impl Drop for PeerGuard<'_> {
+    fn drop(&mut self) {
+        if self.peer.gone {
+            return;
+        }
+        match (self.was_clean, self.peer.is_clean()) {
+            (true, false) => {
+                self.unclean.fetch_add(1, Ordering::AcqRel);
+            }
+            (false, true) => {
+                self.unclean.fetch_sub(1, Ordering::AcqRel);
+            }
+            _ => {}
+        }
+    }
 }
 
 impl fmt::Debug for PassiveHealth {
@@ -172,9 +229,29 @@ impl PassiveHealth {
         }
         let mut peers = self.peers.write();
         if peers.len() > snap.len() + 16 {
-            peers.retain(|id, _| snap.get(*id).is_some());
+            peers.retain(|id, peer| {
+                if snap.get(*id).is_some() {
+                    return true;
+                }
+                let mut p = peer.lock();
+                if !p.gone && !p.is_clean() {
+                    self.unclean.fetch_sub(1, Ordering::AcqRel);
+                }
+                p.gone = true;
+                false
+            });
         }
         peers.entry(id).or_default().clone()
+    }
+
+    /// Lock `peer` for a change.
+    fn lock<'a>(&'a self, peer: &'a Mutex<Peer>) -> PeerGuard<'a> {
+        let peer = peer.lock();
+        PeerGuard {
+            was_clean: peer.is_clean(),
+            peer,
+            unclean: &self.unclean,
+        }
     }
 
     /// nginx: the scan that chose this attempt raised every usable
@@ -192,7 +269,7 @@ impl PassiveHealth {
             let Some(peer) = self.peers.read().get(&id).cloned() else {
                 return false;
             };
-            let mut p = peer.lock();
+            let mut p = self.lock(&peer);
             if p.nginx.usable(now, cfg) && p.nginx.bump(m.configured_weight()) {
                 weights.push((id, p.nginx.ew));
             }
@@ -216,7 +293,7 @@ impl PassiveHealth {
             self.scan(snap, secs, cfg, &mut weights);
         }
         let peer = self.peer(id, snap);
-        let mut p = peer.lock();
+        let mut p = self.lock(&peer);
         let single = snap.len() == 1 && !m.is_backup();
         let mut disabled = None;
         if single {
@@ -266,7 +343,7 @@ impl PassiveHealth {
         cfg: &Outlier,
     ) {
         let peer = self.peer(id, snap);
-        let mut p = peer.lock();
+        let mut p = self.lock(&peer);
         let Some(consecutive) = p.outlier.observe(ok, now, cfg) else {
             return;
         };
@@ -303,7 +380,7 @@ impl Follower for PassiveHealth {
         let Some(peer) = self.peers.read().get(&id).cloned() else {
             return;
         };
-        let mut p = peer.lock();
+        let mut p = self.lock(&peer);
         let had_weight = p.nginx.ew.take().is_some();
         p.nginx.fails = 0;
         drop(p);
@@ -334,17 +411,96 @@ impl Observer for PassiveHealth {
     }
 
     fn observe(&self, backend: BackendId, outcome: Outcome, _latency: Duration) {
+        let ok = outcome.is_success();
+        if ok
+            && self.unclean.load(Ordering::Acquire) == 0
+            && self.recovering_len.load(Ordering::Acquire) == 0
+        {
+            // Every peer is clean and none recovers: nothing to count.
+            return;
+        }
         let snap = self.sup.pool().load();
         if snap.get(backend).is_none() {
             return; // removed meanwhile, or never in this pool
         }
         let now = Instant::now();
-        let ok = outcome.is_success();
         if let Some(cfg) = &self.max_fails {
             self.observe_nginx(&snap, backend, ok, now, cfg);
         }
         if let Some(cfg) = &self.outlier {
             self.observe_outlier(&snap, backend, ok, now, cfg);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_core::{Backend, Pool};
+
+    fn unclean(p: &PassiveHealth) -> usize {
+        p.unclean.load(Ordering::Acquire)
+    }
+
+    /// A success is skipped only while every peer is clean; one that
+    /// matters (it ends a run of failures) is still counted, and the count
+    /// of unclean peers follows every change.
+    #[test]
+    fn successes_are_skipped_only_while_every_peer_is_clean() {
+        let pool = Pool::new();
+        let a = pool
+            .add(Backend::new("a", "10.0.0.1:80".parse().unwrap()))
+            .unwrap();
+        let b = pool
+            .add(Backend::new("b", "10.0.0.2:80".parse().unwrap()))
+            .unwrap();
+        let outlier = Outlier::default().consecutive(2).max_ejection_percent(100);
+        let passive = PassiveHealth::builder(pool.clone())
+            .outlier(outlier)
+            .build();
+        let ms = Duration::from_millis(1);
+        passive.observe(a, Outcome::Success, ms);
+        assert_eq!(
+            passive.peers.read().len(),
+            0,
+            "a clean success is not looked up"
+        );
+        passive.observe(a, Outcome::ConnectFailed, ms);
+        assert_eq!(unclean(&passive), 1);
+        passive.observe(a, Outcome::Success, ms);
+        assert_eq!(unclean(&passive), 0, "the success ended a's run");
+        passive.observe(a, Outcome::ConnectFailed, ms);
+        passive.observe(b, Outcome::Success, ms);
+        assert_eq!(
+            unclean(&passive),
+            1,
+            "b's success was counted (a is unclean)"
+        );
+        assert!(
+            pool.load().get(a).unwrap().is_up(),
+            "one failure since the success"
+        );
+        passive.observe(a, Outcome::ConnectFailed, ms);
+        assert!(
+            !pool.load().get(a).unwrap().is_up(),
+            "two in a row: ejected"
+        );
+        assert_eq!(unclean(&passive), 1, "a is ejected: unclean");
+        // a leaves the pool; backends that come and go make the map forget
+        // it (and them) once it holds 16 more peers than the pool.
+        pool.remove(a).unwrap();
+        for i in 0..20u8 {
+            let id = pool
+                .add(Backend::new(format!("n{i}"), ([10, 0, 1, i], 80).into()))
+                .unwrap();
+            passive.observe(id, Outcome::ConnectFailed, ms);
+            passive.observe(id, Outcome::Success, ms);
+            pool.remove(id).unwrap();
+        }
+        assert!(
+            passive.peers.read().len() < 20,
+            "removed peers were forgotten"
+        );
+        assert_eq!(unclean(&passive), 0, "a forgotten peer no longer counts");
     }
 }
