@@ -158,18 +158,28 @@ fn bench_hash(c: &mut Criterion<Clock>) {
             })
         });
         for sched in ["hash consistent", "mh"] {
-            let lb = OnceCell::new();
-            g.bench_function(BenchmarkId::new(sched.replace(' ', "_"), n), |b| {
-                let lb = lb.get_or_init(|| ours(sched, n));
-                let mut k = 0;
-                b.iter(|| {
-                    k = (k + 1) % KEYS;
-                    black_box(our_pick(lb, &keys, k))
-                })
-            });
+            bench_ours(&mut g, sched, n, &keys);
         }
     }
     g.finish();
+}
+
+/// Our pick with `sched` over `n` backends, cycling through the keys.
+fn bench_ours(
+    g: &mut criterion::BenchmarkGroup<'_, Clock>,
+    sched: &str,
+    n: usize,
+    keys: &[String],
+) {
+    let lb = OnceCell::new();
+    g.bench_function(BenchmarkId::new(sched.replace(' ', "_"), n), |b| {
+        let lb = lb.get_or_init(|| ours(sched, n));
+        let mut k = 0;
+        b.iter(|| {
+            k = (k + 1) % KEYS;
+            black_box(our_pick(lb, keys, k))
+        })
+    });
 }
 
 fn bench_wrr(c: &mut Criterion<Clock>) {
@@ -181,15 +191,7 @@ fn bench_wrr(c: &mut Criterion<Clock>) {
             let lb = peer.get_or_init(|| pingora_wrr(n));
             b.iter(|| black_box(pingora_pick(lb)))
         });
-        let lb = OnceCell::new();
-        g.bench_function(BenchmarkId::new("wrr", n), |b| {
-            let lb = lb.get_or_init(|| ours("wrr", n));
-            let mut k = 0;
-            b.iter(|| {
-                k = (k + 1) % KEYS;
-                black_box(our_pick(lb, &keys, k))
-            })
-        });
+        bench_ours(&mut g, "wrr", n, &keys);
     }
     g.finish();
 }
@@ -203,15 +205,7 @@ fn bench_p2c(c: &mut Criterion<Clock>) {
             let mut cx = Context::from_waker(Waker::noop());
             b.iter(|| black_box(tower_pick(&mut bal, &mut cx)))
         });
-        let lb = OnceCell::new();
-        g.bench_function(BenchmarkId::new("p2c", n), |b| {
-            let lb = lb.get_or_init(|| ours("p2c", n));
-            let mut k = 0;
-            b.iter(|| {
-                k = (k + 1) % KEYS;
-                black_box(our_pick(lb, &keys, k))
-            })
-        });
+        bench_ours(&mut g, "p2c", n, &keys);
     }
     g.finish();
 }
