@@ -1,0 +1,264 @@
+//! Reading a response head with `httparse`, and deciding how its body is
+//! delimited (RFC 9112 §6.3).
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode, Version};
+use lb_core::Outcome;
+
+use super::{MAX_HEAD, MAX_HEADERS};
+use crate::http::headers::connection_has;
+use crate::pick::{BoxError, OutcomeError};
+
+/// How a response body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// No body: a response to HEAD, a 204 or a 304.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// The chunked coding.
+    Chunked,
+    /// Everything until the backend closes the connection.
+    Close,
+}
+
+/// A final response head.
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub(crate) response: Response<()>,
+    pub(crate) kind: Kind,
+    /// Whether the connection can take another request once the body is
+    /// read (HTTP/1.1, no `Connection: close`, not delimited by the close).
+    pub(crate) reusable: bool,
+}
+
+/// What the front of the read buffer holds.
+#[derive(Debug)]
+pub(crate) enum Parsed {
+    /// Not a whole head yet.
+    Partial,
+    /// An interim (1xx) response, now removed from the buffer.
+    Interim,
+    /// The final response head, removed from the buffer.
+    Final(Head),
+}
+
+/// A response the client cannot be given.
+pub(crate) fn broken(why: impl Into<BoxError>) -> BoxError {
+    OutcomeError::new(Outcome::Broken, why).into()
+}
+
+/// Parse the response head at the front of `buf` (the answer to a HEAD
+/// request when `head_request`).
+pub(crate) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, BoxError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            return Err(broken("response head over 64 KiB"));
+        }
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(e) => return Err(broken(format!("invalid response head: {e}"))),
+    };
+    if len > MAX_HEAD {
+        return Err(broken("response head over 64 KiB"));
+    }
+    let code = resp.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| broken(format!("invalid response status {code}")))?;
+    let version = match resp.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    // Where each field sits in the buffer, so names and values can be
+    // taken from the shared head bytes without copying.
+    let base = buf.as_ptr() as usize;
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let count = resp.headers.len();
+    for (span, f) in spans.iter_mut().zip(resp.headers.iter()) {
+        let name = f.name.as_ptr() as usize - base;
+        let value = f.value.as_ptr() as usize - base;
+        *span = (name, name + f.name.len(), value, value + f.value.len());
+    }
+    let head = buf.split_to(len).freeze();
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            let msg = "the backend switched protocols on a request that asked for no switch";
+            return Err(broken(msg));
+        }
+        return Ok(Parsed::Interim);
+    }
+    let headers = fields_of(&head, &spans[..count])?;
+    let kind = framing(&headers, status, head_request)?;
+    let reusable =
+        version == Version::HTTP_11 && kind != Kind::Close && !connection_has(&headers, "close");
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Ok(Parsed::Final(Head {
+        response,
+        kind,
+        reusable,
+    }))
+}
+
+/// The header map of a head, values sharing its bytes.
+fn fields_of(head: &Bytes, spans: &[(usize, usize, usize, usize)]) -> Result<HeaderMap, BoxError> {
+    let mut map = HeaderMap::with_capacity(spans.len());
+    for &(ns, ne, vs, ve) in spans {
+        let name = head.get(ns..ne).unwrap_or_default();
+        let name = HeaderName::from_bytes(name)
+            .map_err(|_| broken("invalid header name in the response"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| broken("invalid header value in the response"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// How the body is delimited (RFC 9112 §6.3).
+fn framing(headers: &HeaderMap, status: StatusCode, head_request: bool) -> Result<Kind, BoxError> {
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Kind::Empty);
+    }
+    let length = content_length(headers)?;
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if length.is_some() {
+            return Err(broken(
+                "response with both Transfer-Encoding and Content-Length",
+            ));
+        }
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        return Ok(match last {
+            Some(t) if t.eq_ignore_ascii_case("chunked") => Kind::Chunked,
+            _ => Kind::Close,
+        });
+    }
+    Ok(match length {
+        Some(0) => Kind::Empty,
+        Some(n) => Kind::Length(n),
+        None => Kind::Close,
+    })
+}
+
+/// The response's Content-Length: every value (comma lists included) must
+/// be the same number.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, BoxError> {
+    let mut length = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        let s = v.to_str().map_err(|_| bad_length())?;
+        for part in s.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad_length());
+            }
+            let n: u64 = part.parse().map_err(|_| bad_length())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(bad_length());
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
+fn bad_length() -> BoxError {
+    broken("invalid Content-Length in the response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str, head_request: bool) -> Result<Parsed, BoxError> {
+        parse(&mut BytesMut::from(text.as_bytes()), head_request)
+    }
+
+    fn kind(text: &str) -> Kind {
+        match head(text, false) {
+            Ok(Parsed::Final(h)) => h.kind,
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        assert_eq!(
+            kind("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
+            Kind::Length(5)
+        );
+        assert_eq!(
+            kind("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n"),
+            Kind::Length(5)
+        );
+        assert_eq!(
+            kind("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Kind::Chunked
+        );
+        assert_eq!(
+            kind("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            Kind::Close
+        );
+        assert_eq!(kind("HTTP/1.1 200 OK\r\n\r\n"), Kind::Close);
+        assert_eq!(
+            kind("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"),
+            Kind::Empty
+        );
+        assert_eq!(
+            kind("HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n"),
+            Kind::Empty
+        );
+        match head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true) {
+            Ok(Parsed::Final(h)) => assert_eq!(h.kind, Kind::Empty),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            head("HTTP/1.1 100 Continue\r\n\r\n", false),
+            Ok(Parsed::Interim)
+        ));
+        assert!(matches!(
+            head("HTTP/1.1 200 OK\r\ncontent-le", false),
+            Ok(Parsed::Partial)
+        ));
+    }
+
+    #[test]
+    fn reuse_needs_http_11_and_no_close() {
+        let reusable = |t: &str| match head(t, false) {
+            Ok(Parsed::Final(h)) => h.reusable,
+            other => panic!("{other:?}"),
+        };
+        assert!(reusable("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!reusable(
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+        ));
+        assert!(!reusable("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!reusable("HTTP/1.1 200 OK\r\n\r\n"));
+    }
+
+    #[test]
+    fn bad_heads_are_errors() {
+        for t in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999999\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTX/1.1 200 OK\r\n\r\n",
+        ] {
+            assert!(head(t, false).is_err(), "{t:?}");
+        }
+        let big = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD));
+        assert!(head(&big, false).is_err(), "oversize head");
+    }
+}
