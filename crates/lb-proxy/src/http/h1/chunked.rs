@@ -179,6 +179,7 @@ impl Decoder {
         };
         let section = buf.split_to(end + 4);
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        // Trailers are rare: the zeroed field array is no concern here.
         let parsed = httparse::parse_headers(&section, &mut fields)
             .map_err(|e| bad_owned(format!("invalid chunked trailers: {e}")))?;
         let httparse::Status::Complete((_, fields)) = parsed else {

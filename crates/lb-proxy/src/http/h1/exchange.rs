@@ -44,6 +44,8 @@ pub(crate) struct Exchange<B: Body> {
     reused: bool,
     /// Whether an interim response came: the backend has the request.
     answered: bool,
+    /// Whether bytes came that the head parser has not seen.
+    unparsed: bool,
     head_request: bool,
     idempotent: bool,
     /// An error to give at the first poll.
@@ -91,6 +93,7 @@ where
             connecting: None,
             reused: false,
             answered: false,
+            unparsed: true,
             head_request,
             idempotent,
             error,
@@ -233,17 +236,25 @@ where
             let Some(conn) = this.conn.as_mut() else {
                 continue;
             };
-            match read::parse(&mut conn.buf, this.head_request)? {
-                Parsed::Final(head) => return Poll::Ready(this.respond(head)),
-                Parsed::Interim => {
-                    this.answered = true;
-                    continue;
+            // Parsed only when bytes came since the last try.
+            if this.unparsed && !conn.buf.is_empty() {
+                this.unparsed = false;
+                match read::parse(&mut conn.buf, this.head_request)? {
+                    Parsed::Final(head) => return Poll::Ready(this.respond(head)),
+                    Parsed::Interim => {
+                        this.answered = true;
+                        this.unparsed = true;
+                        continue;
+                    }
+                    Parsed::Partial => {}
                 }
-                Parsed::Partial => {}
             }
             let filled = match ready!(poll_fill(conn, cx)) {
                 Ok(0) => this.cut(None),
-                Ok(_) => Ok(false),
+                Ok(_) => {
+                    this.unparsed = true;
+                    Ok(false)
+                }
                 Err(e) => this.cut(Some(e)),
             };
             filled?;

@@ -1,6 +1,8 @@
 //! Reading a response head with `httparse`, and deciding how its body is
 //! delimited (RFC 9112 §6.3).
 
+use std::mem::MaybeUninit;
+
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode, Version};
@@ -52,9 +54,16 @@ pub(crate) fn broken(why: impl Into<BoxError>) -> BoxError {
 /// Parse the response head at the front of `buf` (the answer to a HEAD
 /// request when `head_request`).
 pub(crate) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, BoxError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut fields);
-    let len = match resp.parse(buf) {
+    // Left uninitialised: zeroing room for every possible field would cost
+    // more than parsing a usual head.
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut fields,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
             return Err(broken("response head over 64 KiB"));
@@ -74,9 +83,17 @@ pub(crate) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Bo
     };
     // Where each field sits in the buffer, so names and values can be
     // taken from the shared head bytes without copying.
+    // On the stack for the usual few fields, else on the heap.
     let base = buf.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
     let count = resp.headers.len();
+    let mut few = [(0, 0, 0, 0); FEW];
+    let mut many = Vec::new();
+    let spans: &mut [Span] = if count <= FEW {
+        &mut few[..count]
+    } else {
+        many.resize(count, (0, 0, 0, 0));
+        &mut many
+    };
     for (span, f) in spans.iter_mut().zip(resp.headers.iter()) {
         let name = f.name.as_ptr() as usize - base;
         let value = f.value.as_ptr() as usize - base;
@@ -90,7 +107,7 @@ pub(crate) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Bo
         }
         return Ok(Parsed::Interim);
     }
-    let headers = fields_of(&head, &spans[..count])?;
+    let headers = fields_of(&head, spans)?;
     let kind = framing(&headers, status, head_request)?;
     let reusable =
         version == Version::HTTP_11 && kind != Kind::Close && !connection_has(&headers, "close");
@@ -105,8 +122,15 @@ pub(crate) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Bo
     }))
 }
 
+/// Where a field's name and value sit in a head: name start and end,
+/// value start and end.
+type Span = (usize, usize, usize, usize);
+
+/// Fields most heads stay within.
+const FEW: usize = 16;
+
 /// The header map of a head, values sharing its bytes.
-fn fields_of(head: &Bytes, spans: &[(usize, usize, usize, usize)]) -> Result<HeaderMap, BoxError> {
+fn fields_of(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, BoxError> {
     let mut map = HeaderMap::with_capacity(spans.len());
     for &(ns, ne, vs, ve) in spans {
         let name = head.get(ns..ne).unwrap_or_default();
