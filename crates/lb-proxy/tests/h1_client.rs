@@ -9,7 +9,6 @@
 mod support;
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,140 +24,10 @@ use lb_core::{Backend, Pool};
 use lb_proxy::http::ForwardConfig;
 use lb_proxy::BalanceLayer;
 use lb_sched::Balancer;
+use support::scripted::{answering, raw, Raw};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// A raw backend: each accepted connection runs the script with its
-/// number (0 for the first).
-struct Raw {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    /// Connections on which the backend read an end-of-file.
-    eofs: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Raw {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-type Script = Arc<dyn Fn(Conn) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
-
-/// One backend connection as a script sees it.
-struct Conn {
-    s: TcpStream,
-    buf: Vec<u8>,
-    n: usize,
-    eofs: Arc<AtomicUsize>,
-}
-
-impl Conn {
-    /// The next request's head (its body, if any, left in the buffer), or
-    /// `None` at the end of the stream.
-    async fn head(&mut self) -> Option<String> {
-        loop {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-                self.buf.drain(..end + 4);
-                return Some(head);
-            }
-            if !self.fill().await {
-                return None;
-            }
-        }
-    }
-
-    async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 64 * 1024];
-        match self.s.read(&mut chunk).await {
-            Ok(0) | Err(_) => {
-                self.eofs.fetch_add(1, Ordering::SeqCst);
-                false
-            }
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-        }
-    }
-
-    /// A request head and its `Content-Length` body.
-    async fn request(&mut self) -> Option<(String, Vec<u8>)> {
-        let head = self.head().await?;
-        let len = header(&head, "content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0usize);
-        while self.buf.len() < len {
-            if !self.fill().await {
-                return None;
-            }
-        }
-        let body = self.buf.drain(..len).collect();
-        Some((head, body))
-    }
-
-    async fn send(&mut self, bytes: &[u8]) -> bool {
-        self.s.write_all(bytes).await.is_ok()
-    }
-}
-
-fn header(head: &str, name: &str) -> Option<String> {
-    head.lines().skip(1).find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_owned())
-    })
-}
-
-async fn raw<F, Fut>(script: F) -> Raw
-where
-    F: Fn(Conn) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let script: Script = Arc::new(move |c| Box::pin(script(c)));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let eofs = Arc::new(AtomicUsize::new(0));
-    let (a, e) = (accepted.clone(), eofs.clone());
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                return;
-            };
-            let n = a.fetch_add(1, Ordering::SeqCst);
-            let conn = Conn {
-                s,
-                buf: Vec::new(),
-                n,
-                eofs: e.clone(),
-            };
-            tokio::spawn(script(conn));
-        }
-    });
-    Raw {
-        addr,
-        accepted,
-        eofs,
-        task,
-    }
-}
-
-/// A backend that answers every request on a connection with `answer`.
-async fn answering(answer: &'static [u8]) -> Raw {
-    raw(move |mut c| async move {
-        while c.request().await.is_some() {
-            if !c.send(answer).await {
-                return;
-            }
-        }
-    })
-    .await
-}
+use tokio::net::TcpStream;
 
 async fn proxy_to_addr(addr: SocketAddr) -> TestProxy {
     let pool = Pool::new();
@@ -400,6 +269,31 @@ async fn a_connection_the_backend_closed_while_idle_is_not_used() {
         assert_eq!((status, body.unwrap()), (StatusCode::OK, Bytes::from("ok")));
         // Let the close arrive before the next request.
         tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(b.accepted.load(Ordering::SeqCst), i);
+    }
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_backend_wrote_on_is_not_used() {
+    // As some servers do at their keep-alive timeout: a 408 on the idle
+    // connection, left open. It answers no request of the proxy's.
+    let b = raw(|mut c| async move {
+        if c.request().await.is_some() {
+            c.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            c.send(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+    })
+    .await;
+    let p = proxy_to_addr(b.addr).await;
+    let c = client();
+    for i in 1..=3 {
+        let (status, body) = request(&c, empty("POST", p.addr, "/")).await;
+        assert_eq!((status, body.unwrap()), (StatusCode::OK, Bytes::from("ok")));
+        tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(b.accepted.load(Ordering::SeqCst), i);
     }
 }
