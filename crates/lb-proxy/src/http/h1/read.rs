@@ -4,12 +4,11 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode, Version};
 use lb_core::Outcome;
 
 use super::{MAX_HEAD, MAX_HEADERS};
-use crate::http::headers::connection_has;
 use crate::pick::{BoxError, OutcomeError};
 
 /// How a response body is delimited.
@@ -94,7 +93,9 @@ pub(crate) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Bo
         many.resize(count, (0, 0, 0, 0));
         &mut many
     };
+    let mut delim = Delimiters::default();
     for (span, f) in spans.iter_mut().zip(resp.headers.iter()) {
+        delim.note(f.name, f.value);
         let name = f.name.as_ptr() as usize - base;
         let value = f.value.as_ptr() as usize - base;
         *span = (name, name + f.name.len(), value, value + f.value.len());
@@ -107,10 +108,9 @@ pub(crate) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Bo
         }
         return Ok(Parsed::Interim);
     }
+    let kind = delim.kind(status, head_request)?;
     let headers = fields_of(&head, spans)?;
-    let kind = framing(&headers, status, head_request)?;
-    let reusable =
-        version == Version::HTTP_11 && kind != Kind::Close && !connection_has(&headers, "close");
+    let reusable = version == Version::HTTP_11 && kind != Kind::Close && !delim.close;
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -143,60 +143,66 @@ fn fields_of(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, BoxError> {
     Ok(map)
 }
 
-/// How the body is delimited (RFC 9112 §6.3).
-fn framing(headers: &HeaderMap, status: StatusCode, head_request: bool) -> Result<Kind, BoxError> {
-    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok(Kind::Empty);
+/// What a response's framing and reuse hang on, noted from its raw fields
+/// as they are parsed (no header map lookups).
+#[derive(Debug, Default)]
+struct Delimiters {
+    /// The Content-Length, when every value (comma lists included) is the
+    /// same number.
+    length: Option<u64>,
+    /// A Content-Length value that is not a number, or differs from another.
+    bad_length: bool,
+    /// With a Transfer-Encoding: whether the last coding is chunked.
+    chunked: Option<bool>,
+    /// Whether Connection lists `close`.
+    close: bool,
+}
+
+impl Delimiters {
+    fn note(&mut self, name: &str, value: &[u8]) {
+        if name.eq_ignore_ascii_case("content-length") {
+            for part in value.split(|b| *b == b',') {
+                match number(part.trim_ascii()) {
+                    Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
+                    _ => self.bad_length = true,
+                }
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = value.rsplit(|b| *b == b',').next().unwrap_or_default();
+            self.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case("connection") {
+            self.close |= value
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
     }
-    let length = content_length(headers)?;
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        if length.is_some() {
-            return Err(broken(
+
+    /// How the body is delimited (RFC 9112 §6.3).
+    fn kind(&self, status: StatusCode, head_request: bool) -> Result<Kind, BoxError> {
+        if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            return Ok(Kind::Empty);
+        }
+        if self.bad_length {
+            return Err(broken("invalid Content-Length in the response"));
+        }
+        match (self.chunked, self.length) {
+            (Some(_), Some(_)) => Err(broken(
                 "response with both Transfer-Encoding and Content-Length",
-            ));
-        }
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
-        return Ok(match last {
-            Some(t) if t.eq_ignore_ascii_case("chunked") => Kind::Chunked,
-            _ => Kind::Close,
-        });
-    }
-    Ok(match length {
-        Some(0) => Kind::Empty,
-        Some(n) => Kind::Length(n),
-        None => Kind::Close,
-    })
-}
-
-/// The response's Content-Length: every value (comma lists included) must
-/// be the same number.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, BoxError> {
-    let mut length = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        let s = v.to_str().map_err(|_| bad_length())?;
-        for part in s.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad_length());
-            }
-            let n: u64 = part.parse().map_err(|_| bad_length())?;
-            if length.is_some_and(|l| l != n) {
-                return Err(bad_length());
-            }
-            length = Some(n);
+            )),
+            (Some(true), None) => Ok(Kind::Chunked),
+            (Some(false), None) | (None, None) => Ok(Kind::Close),
+            (None, Some(0)) => Ok(Kind::Empty),
+            (None, Some(n)) => Ok(Kind::Length(n)),
         }
     }
-    Ok(length)
 }
 
-fn bad_length() -> BoxError {
-    broken("invalid Content-Length in the response")
+/// A decimal number of digits only (no sign, no blanks).
+fn number(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 #[cfg(test)]
