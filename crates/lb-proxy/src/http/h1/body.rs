@@ -236,18 +236,11 @@ impl Stream {
 }
 
 /// Read what the socket has into the connection's buffer: the count, 0 at
-/// the end of the stream.
+/// the end of the stream. Through `AsyncRead`, so that a short read marks
+/// the socket drained (no extra read to learn it would block).
 pub(crate) fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-    loop {
-        if conn.buf.capacity() - conn.buf.len() < READ_CHUNK / 4 {
-            conn.buf.reserve(READ_CHUNK);
-        }
-        match conn.io.try_read_buf(&mut conn.buf) {
-            Ok(n) => return Poll::Ready(Ok(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                ready!(conn.io.poll_read_ready(cx))?;
-            }
-            Err(e) => return Poll::Ready(Err(e)),
-        }
+    if conn.buf.capacity() - conn.buf.len() < READ_CHUNK / 4 {
+        conn.buf.reserve(READ_CHUNK);
     }
+    tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)
 }
