@@ -207,7 +207,10 @@ where
         if nothing && reset && self.resend(true) {
             return Ok(true);
         }
+        let unsent = self.upload.as_ref().is_some_and(|up| up.sent() == 0);
         Err(match (self.write_error.take(), e) {
+            // Not a byte went out: the request may go to another backend.
+            (Some(w), _) if unsent => OutcomeError::unsent(Outcome::Broken, w).into(),
             (Some(w), _) => broken(w),
             (None, Some(e)) => broken(e),
             (None, None) => broken("the backend closed the connection before its response head"),
