@@ -116,6 +116,12 @@ impl Default for ForwardConfig {
 ///
 /// - Connections to backends are pooled per backend address and kept
 ///   alive; requests go to backends as HTTP/1.1 whatever the client spoke.
+///   The proxy's own HTTP/1.1 client sends them from the request's task
+///   and reads the response body in whichever task polls it (no task per
+///   connection, no channel per request); protocol switches, `CONNECT` and
+///   `Expect: 100-continue` go through hyper's client (see
+///   [`ForwardConfig::h1_client`]). The response body is a [`BackendBody`]
+///   either way.
 /// - Bodies stream both ways and are never buffered whole.
 /// - Hop-by-hop headers are removed both ways (`Connection` and the
 ///   headers it names, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`,
