@@ -226,6 +226,41 @@ async fn keep_alive_serves_many_requests_on_one_connection() {
 }
 
 #[tokio::test]
+async fn a_streamed_sized_body_leaves_its_connection_reusable() {
+    // The body comes after the head, in pieces: read as it streams, and
+    // the connection is reused once its last byte is read.
+    let b = raw(|mut c| async move {
+        while c.request().await.is_some() {
+            let head = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n";
+            if !c.send(head).await {
+                return;
+            }
+            for piece in [&b"01234"[..], b"56789"] {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if !c.send(piece).await {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let p = proxy_to_addr(b.addr).await;
+    let c = client();
+    for _ in 0..3 {
+        let (status, body) = request(&c, empty("GET", p.addr, "/")).await;
+        assert_eq!(
+            (status, body.unwrap()),
+            (StatusCode::OK, Bytes::from("0123456789"))
+        );
+    }
+    assert_eq!(
+        b.accepted.load(Ordering::SeqCst),
+        1,
+        "one connection for all"
+    );
+}
+
+#[tokio::test]
 async fn connection_close_from_the_backend_is_honoured() {
     // The backend says `Connection: close` but leaves the socket open: the
     // proxy must neither reuse it nor keep it.

@@ -130,8 +130,11 @@ impl Body for H1Body {
             State::Done => Poll::Ready(None),
             State::Stream(s) => {
                 let r = ready!(s.poll_frame(cx));
+                // The last bytes of a sized body end it at once: the
+                // connection goes back before anyone polls for the end.
+                let last = matches!(s.kind, Kind::Length(_)) && s.left == 0;
                 match &r {
-                    Ok(Some(f)) if !f.is_trailers() => {}
+                    Ok(Some(f)) if !f.is_trailers() && !last => {}
                     Ok(_) => {
                         let State::Stream(s) = std::mem::replace(&mut this.state, State::Done)
                         else {
