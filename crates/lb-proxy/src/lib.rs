@@ -7,7 +7,7 @@
 //! |---|---|
 //! | [`BalanceLayer`] / [`Balance`] | picks a backend per request in `call` (lock-free, no queue), hands the request to an inner per-backend service with the choice in an [`Upstream`] extension, keeps it counted on the backend until the response body ends, reports every attempt's [`Outcome`](lb_core::Outcome) to an [`Observer`](lb_core::Observer) and the backend's counters, and retries on backends not yet tried when [`Retry`] allows |
 //! | [`KeyTemplate`] | the hash key of a request in nginx's syntax (`$remote_addr`, `$request_uri`, `$http_NAME`, `$cookie_NAME`, `$arg_NAME`...) |
-//! | [`http::Forward`] | forwards to the chosen backend with hyper 1.x: pooled keep-alive, streaming bodies, hop-by-hop and `X-Forwarded-*` / `Forwarded` headers, Host policy, WebSocket pass-through, timeouts |
+//! | [`http::Forward`] | forwards to the chosen backend with its own HTTP/1.1 client (hyper 1.x for protocol switches, `CONNECT`, `Expect: 100-continue`): pooled keep-alive, streaming bodies, hop-by-hop and `X-Forwarded-*` / `Forwarded` headers, Host policy, WebSocket pass-through, timeouts |
 //! | [`http::ErrorPages`] | answers failures: 503 no backend or none could be connected to, 504 response timeout, 502 otherwise, 400 when the client's body broke off |
 //! | [`http::Server`] | HTTP/1.1 and h2c clients on one listener, with client addresses, behind [the edge](http::edge): strict RFC 9112 parsing of every request (smuggling vectors refused), 408 header timeout, URI / header block / field count limits, a cap on open connections |
 //! | [`http::RedirectLayer`] | balancing by `302` redirects to the chosen backend |

@@ -476,6 +476,7 @@ impl Config {
                 .keepalive
                 .unwrap_or(ForwardConfig::default().max_idle_per_backend),
             slow_response: None,
+            h1_client: true,
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Forwarding one request to the backend [`Balance`](crate::Balance) chose,
-//! with hyper's pooled keep-alive client.
+//! over pooled keep-alive connections: with the proxy's own HTTP/1.1 client
+//! in the request's task, or hyper's client for what that one does not take
+//! (protocol switches, `CONNECT`, `Expect: 100-continue`).
 
 use std::fmt;
 use std::future::Future;
@@ -20,7 +22,11 @@ use hyper::body::{Body, Incoming};
 use lb_core::{Observer, Outcome};
 use tower_service::Service;
 
+use super::body::BackendBody;
 use super::deadline::Deadline;
+use super::h1;
+use super::h1::exchange::Exchange;
+use super::h1::pool::H1Pool;
 use super::headers::{add_forwarded, connection_has, strip_hop_by_hop};
 use super::idle::IdleBody;
 use super::pool::Pool;
@@ -66,6 +72,12 @@ pub struct ForwardConfig {
     pub forwarded_headers: bool,
     /// An early report of a response head that is late (none by default).
     pub slow_response: Option<SlowResponse>,
+    /// Whether requests go through the proxy's own HTTP/1.1 client, which
+    /// does its I/O in the request's task (the default), rather than
+    /// hyper's client with a task per backend connection. Protocol
+    /// switches, `CONNECT` and `Expect: 100-continue` always go through
+    /// hyper's.
+    pub h1_client: bool,
 }
 
 /// Report a request still waiting for its response head after `after`
@@ -94,6 +106,7 @@ impl Default for ForwardConfig {
             host: HostHeader::Preserve,
             forwarded_headers: true,
             slow_response: None,
+            h1_client: true,
         }
     }
 }
@@ -103,6 +116,12 @@ impl Default for ForwardConfig {
 ///
 /// - Connections to backends are pooled per backend address and kept
 ///   alive; requests go to backends as HTTP/1.1 whatever the client spoke.
+///   The proxy's own HTTP/1.1 client sends them from the request's task
+///   and reads the response body in whichever task polls it (no task per
+///   connection, no channel per request); protocol switches, `CONNECT` and
+///   `Expect: 100-continue` go through hyper's client (see
+///   [`ForwardConfig::h1_client`]). The response body is a [`BackendBody`]
+///   either way.
 /// - Bodies stream both ways and are never buffered whole.
 /// - Hop-by-hop headers are removed both ways (`Connection` and the
 ///   headers it names, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`,
@@ -116,6 +135,7 @@ impl Default for ForwardConfig {
 ///   [`Balance`](crate::Balance) can report and retry.
 pub struct Forward<B = Incoming> {
     pool: Pool<UpstreamBody<B>>,
+    h1: H1Pool,
     config: Arc<ForwardConfig>,
 }
 
@@ -123,6 +143,7 @@ impl<B> Clone for Forward<B> {
     fn clone(&self) -> Self {
         Forward {
             pool: self.pool.clone(),
+            h1: self.h1.clone(),
             config: self.config.clone(),
         }
     }
@@ -150,6 +171,11 @@ where
                 config.idle_timeout,
                 config.connect_timeout,
             ),
+            h1: H1Pool::new(
+                config.max_idle_per_backend,
+                config.idle_timeout,
+                config.connect_timeout,
+            ),
             config: Arc::new(config),
         }
     }
@@ -162,7 +188,7 @@ where
 
 /// The response future of [`Forward`].
 pub type ForwardFuture =
-    Pin<Box<dyn Future<Output = Result<Response<IdleBody<Incoming>>, BoxError>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<Response<IdleBody<BackendBody>>, BoxError>> + Send>>;
 
 impl<B> Service<Request<UpstreamBody<B>>> for Forward<B>
 where
@@ -170,7 +196,7 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    type Response = Response<IdleBody<Incoming>>;
+    type Response = Response<IdleBody<BackendBody>>;
     type Error = BoxError;
     type Future = ForwardFuture;
 
@@ -195,8 +221,31 @@ where
         }
         let counters = up.lease.counters().clone();
         let sending = req.body().sending();
+        if self.config.h1_client && h1::takes(req.method(), req.headers(), upgrading) {
+            let sent = Exchange::new(self.h1.clone(), up.addr, req);
+            return self.forwarding(sent, sending, up, None, &counters);
+        }
+        let sent = self.pool.send(up.addr, req);
+        self.forwarding(sent, sending, up, client_upgrade, &counters)
+    }
+}
+
+impl<B> Forward<B> {
+    /// The response future around `sent`, under the response timeout, the
+    /// slow report and a drain's cut.
+    fn forwarding<F>(
+        &self,
+        sent: F,
+        sending: Option<Arc<Sending>>,
+        up: Upstream,
+        client_upgrade: Option<OnUpgrade>,
+        counters: &Arc<lb_core::Counters>,
+    ) -> ForwardFuture
+    where
+        F: Future<Output = Result<Response<BackendBody>, BoxError>> + Send + 'static,
+    {
         let forwarding = Forwarding {
-            sent: self.pool.send(up.addr, req),
+            sent,
             sending,
             started: None,
             deadline: Deadline::default(),
@@ -209,7 +258,7 @@ where
             tunnel: self.config.tunnel_timeout,
         };
         // A drain's deadline may cut the exchange.
-        Box::pin(crate::drain::Cuttable::new(forwarding, &counters))
+        Box::pin(crate::drain::Cuttable::new(forwarding, counters))
     }
 }
 
@@ -241,9 +290,9 @@ pin_project! {
 
 impl<F> Future for Forwarding<F>
 where
-    F: Future<Output = Result<Response<Incoming>, BoxError>>,
+    F: Future<Output = Result<Response<BackendBody>, BoxError>>,
 {
-    type Output = Result<Response<IdleBody<Incoming>>, BoxError>;
+    type Output = Result<Response<IdleBody<BackendBody>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -320,12 +369,12 @@ fn phase(slow: &Option<SlowResponse>, limit: Option<Duration>) -> Option<Duratio
 /// The backend's response as the client gets it: a protocol switch joined,
 /// hop-by-hop headers removed, HTTP/1.1, the body under the idle timeout.
 fn respond(
-    mut resp: Response<Incoming>,
+    mut resp: Response<BackendBody>,
     client_upgrade: Option<OnUpgrade>,
     up: &Upstream,
     idle: Option<Duration>,
     tunnel: Option<Duration>,
-) -> Result<Response<IdleBody<Incoming>>, BoxError> {
+) -> Result<Response<IdleBody<BackendBody>>, BoxError> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     match client_upgrade {
         Some(client_side) if switching => {

@@ -24,9 +24,11 @@
 use hyper::body::Incoming;
 use tower_layer::Layer;
 
+mod body;
 mod deadline;
 pub mod edge;
 mod forward;
+mod h1;
 pub(crate) mod headers;
 mod idle;
 mod pages;
@@ -35,8 +37,10 @@ mod redirect;
 mod server;
 mod upgrade;
 
+pub use body::BackendBody;
 pub use edge::{EdgeStats, Limits};
 pub use forward::{Forward, ForwardConfig, ForwardFuture, HostHeader, SlowResponse};
+pub use h1::H1Body;
 pub use headers::{X_FORWARDED_FOR, X_FORWARDED_PROTO};
 pub use idle::IdleBody;
 pub use pages::{error_text, text_response, ErrorPages, ErrorPagesLayer, PagesFuture, ProxyBody};

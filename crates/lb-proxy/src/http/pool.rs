@@ -33,6 +33,7 @@ use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::body::BackendBody;
 use crate::pick::{BoxError, OutcomeError};
 
 /// The idle sweep never runs more often than this (as hyper-util's pool).
@@ -289,7 +290,7 @@ where
     B::Error: Into<BoxError>,
     F: SendFuture<B>,
 {
-    type Output = Result<Response<Incoming>, BoxError>;
+    type Output = Result<Response<BackendBody>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -301,7 +302,7 @@ where
                     if let Some(tx) = this.tx.take() {
                         this.pool.release(*this.addr, tx);
                     }
-                    return Poll::Ready(Ok(resp));
+                    return Poll::Ready(Ok(resp.map(BackendBody::hyper)));
                 }
                 Err(mut e) => match e.take_message() {
                     // The idle connection closed before the request went
@@ -315,7 +316,7 @@ where
             }
         }
         match this.slow.as_mut() {
-            Some(slow) => slow.as_mut().poll(cx),
+            Some(slow) => slow.as_mut().poll(cx).map_ok(|r| r.map(BackendBody::hyper)),
             None => Poll::Ready(Err("request polled after completion".into())),
         }
     }
@@ -324,7 +325,7 @@ where
 /// FxHash over the address's bytes: a few multiplications, not SipHash (the
 /// keys are the configured backends, not attacker-chosen).
 #[derive(Default)]
-struct AddrHasher(u64);
+pub(crate) struct AddrHasher(u64);
 
 impl Hasher for AddrHasher {
     fn finish(&self) -> u64 {

@@ -3,6 +3,7 @@
 
 pub mod probe;
 pub mod raw;
+pub mod scripted;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
