@@ -27,7 +27,8 @@
 #   (d) $SLOW_CONNS slowloris connections beside $SLOW_RATE req/s: % served,
 #       p99 next to a baseline without them, the proxy's peak RSS, and what
 #       the slow clients got (408, closed, still open);
-#   (e) a $BIG_MB MiB upload and download: MiB/s and the proxy's peak RSS;
+#   (e) a $BIG_MB MiB upload and download, $TRANSFERS times each: the
+#       median MiB/s and the proxy's peak RSS;
 #   (f) the malformed-request corpus (crates/lb-proxy/tests/corpus/*.http),
 #       if present: each proxy's answer per file, and whether it still serves.
 # Load generator: examples/loadgen.rs (open loop, fixed rate; wrk2 is not
@@ -37,7 +38,8 @@
 # its PID when the script ends.
 #
 # Knobs: DURATION (base seconds, 10), RATE (400), SLOW_RATE (300),
-# SLOW_CONNS (500), C_RATE (50), BIG_MB (1024), FAIL_TIMEOUT (5),
+# SLOW_CONNS (500), C_RATE (50), BIG_MB (1024), TRANSFERS (3: each big
+# transfer is timed this many times, the median counts), FAIL_TIMEOUT (5),
 # CLIENT_HEADER (5), NGINX_BUFFERING (off: proxy_request_buffering and
 # proxy_buffering; "on" is nginx's default, which spools bodies to disk), PROXIES ("nginx haproxy lb"), SCENARIOS ("a b c d e f"),
 # CORPUS_DIR, PROXY_CPU, LOAD_CPU, BASE_PORT, KEEP_TMP=1.
@@ -52,6 +54,7 @@ SLOW_RATE=${SLOW_RATE:-300}
 SLOW_CONNS=${SLOW_CONNS:-500}
 C_RATE=${C_RATE:-50}
 BIG_MB=${BIG_MB:-1024}
+TRANSFERS=${TRANSFERS:-3}
 FAIL_TIMEOUT=${FAIL_TIMEOUT:-5}
 CLIENT_HEADER=${CLIENT_HEADER:-5}
 NGINX_BUFFERING=${NGINX_BUFFERING:-off}
@@ -339,9 +342,11 @@ scenario_d() {
     log "  (d) $p: served $ok of $sent, p99 ${p99} ms (baseline ${base} ms), peak RSS ${rss} MiB; slow clients: $slow"
 }
 
-# big_transfer P up|down: MiB/s and peak RSS of one transfer on a fresh proxy.
+# big_transfer P up|down: MiB/s (the median of $TRANSFERS transfers, each
+# lasting about a second, too short to judge by one) and peak RSS, on a
+# fresh proxy.
 big_transfer() {
-    local p=$1 dir=$2 out code size secs
+    local p=$1 dir=$2 out code size secs rates=() k
     chaos_start "$p"
     local cmd=(curl -s -o /dev/null --max-time 300 -H 'Expect:')
     if [ "$dir" = up ]; then
@@ -349,16 +354,24 @@ big_transfer() {
     else
         cmd+=(-w '%{http_code} %{size_download} %{time_total}' "http://127.0.0.1:$PORT/size/$((BIG_MB * 1048576))")
     fi
-    out=$(timeout -k 5 320 taskset -c "$LOAD_CPU" "${cmd[@]}" 2>&1 || true)
-    read -r code size secs <<<"$out"
-    if [ "${code:-}" = 200 ] && [ "${size:-0}" = $((BIG_MB * 1048576)) ]; then
-        put "e_${dir}" "$p" "$(awk -v s="$size" -v t="$secs" 'BEGIN { printf "%.0f", s / 1048576 / t }')"
+    for ((k = 0; k < TRANSFERS; k++)); do
+        out=$(timeout -k 5 320 taskset -c "$LOAD_CPU" "${cmd[@]}" 2>&1 || true)
+        read -r code size secs <<<"$out"
+        if [ "${code:-}" = 200 ] && [ "${size:-0}" = $((BIG_MB * 1048576)) ]; then
+            rates+=("$(awk -v s="$size" -v t="$secs" 'BEGIN { printf "%.0f", s / 1048576 / t }')")
+        else
+            rates=("fail:${code:-none}")
+            break
+        fi
+    done
+    if [[ "${rates[0]}" == fail:* ]]; then
+        put "e_${dir}" "$p" "${rates[0]}"
     else
-        put "e_${dir}" "$p" "fail:${code:-none}"
+        put "e_${dir}" "$p" "$(printf '%s\n' "${rates[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')"
     fi
     put "e_${dir}_rss" "$p" "$(peak_rss_mib $PROXY_PIDS)"
     stop_proxy
-    log "  (e) $p $dir: $out -> $(get "e_$dir" "$p") MiB/s, peak RSS $(get "e_${dir}_rss" "$p") MiB"
+    log "  (e) $p $dir: ${rates[*]} MiB/s -> median $(get "e_$dir" "$p"), peak RSS $(get "e_${dir}_rss" "$p") MiB"
 }
 
 scenario_e() {
@@ -448,9 +461,9 @@ if has d; then
     row d_slow "(d) slow: 408/other answer/closed/open" no
 fi
 if has e; then
-    row e_up "(e) $BIG_MB MiB upload (MiB/s)"
+    row e_up "(e) $BIG_MB MiB upload (MiB/s, median of $TRANSFERS)"
     row e_up_rss "(e) upload: proxy peak RSS (MiB)"
-    row e_down "(e) $BIG_MB MiB download (MiB/s)"
+    row e_down "(e) $BIG_MB MiB download (MiB/s, median of $TRANSFERS)"
     row e_down_rss "(e) download: proxy peak RSS (MiB)"
 fi
 if has f && [ ${#CORPUS[@]} -gt 0 ]; then
