@@ -2,12 +2,13 @@
 //! through a bounded window (as is under a `Content-Length`, else with the
 //! chunked coding), trailers included when chunked.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap};
 use http::{Method, Request};
 use hyper::body::{Body, Frame};
@@ -16,8 +17,10 @@ use tokio::net::TcpStream;
 
 use crate::pick::{BoxError, UpstreamBody};
 
-/// Bytes of the request gathered before they are written: frames are
-/// pulled from the client only while fewer than this wait.
+/// Bytes of the request waiting to be written before no more frames are
+/// pulled from the client: the next frame is read while the last ones are
+/// still going out, so reading from the client and writing to the backend
+/// overlap, and at most this plus one frame is held.
 const WINDOW: usize = 64 * 1024;
 
 /// Frames larger than this are written from the client's buffer, not
@@ -71,11 +74,16 @@ impl std::error::Error for UploadError {
 pub(crate) struct Upload<B: Body> {
     body: UpstreamBody<B>,
     framing: Framing,
+    /// The newest bytes to write (small frames copied, framing), after
+    /// everything in `queue`.
     out: BytesMut,
     /// How much of `out` is written.
     off: usize,
-    /// A large frame being written straight from the client's buffer.
-    big: Option<B::Data>,
+    /// Older bytes to write first, in order: earlier contents of `out`, and
+    /// large frames written straight from the client's buffer.
+    queue: VecDeque<Segment<B::Data>>,
+    /// The bytes in `queue`.
+    queued: usize,
     /// Bytes written in all.
     sent: u64,
     /// Whether everything written so far is still in `out` (the request
@@ -129,7 +137,8 @@ where
             framing,
             out,
             off: 0,
-            big: None,
+            queue: VecDeque::new(),
+            queued: 0,
             sent: 0,
             replayable: true,
             ended: framing == Framing::Empty || framing == Framing::Length(0),
@@ -144,7 +153,7 @@ where
     /// Start again from the first byte, on another connection: possible
     /// only while everything written is still at hand.
     pub(crate) fn rewind(&mut self) -> bool {
-        if self.replayable && self.big.is_none() {
+        if self.replayable && self.queue.is_empty() {
             self.off = 0;
             self.sent = 0;
             true
@@ -154,14 +163,15 @@ where
     }
 
     /// Write what can be written, pulling frames from the client's body
-    /// while the window has room; ready once the whole request is out.
+    /// while fewer than [`WINDOW`] bytes wait; ready once the whole request
+    /// is out.
     pub(crate) fn poll_send(
         &mut self,
         io: &mut TcpStream,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), UploadError>> {
         loop {
-            if !self.ended && self.big.is_none() && self.out.len() - self.off < WINDOW {
+            if !self.ended && self.waiting() < WINDOW {
                 match Pin::new(&mut self.body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         self.take(frame)?;
@@ -177,40 +187,52 @@ where
                     Poll::Pending => {}
                 }
             }
-            if self.off < self.out.len() {
-                let n = match Pin::new(&mut *io).poll_write(cx, &self.out[self.off..]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(write_zero())),
-                    Poll::Ready(Ok(n)) => n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(UploadError::Io(e))),
-                    Poll::Pending => return Poll::Pending,
-                };
-                self.off += n;
-                self.sent += n as u64;
-                continue;
-            }
-            if let Some(big) = self.big.as_mut() {
-                let n = match Pin::new(&mut *io).poll_write(cx, big.chunk()) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(write_zero())),
-                    Poll::Ready(Ok(n)) => n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(UploadError::Io(e))),
-                    Poll::Pending => return Poll::Pending,
-                };
-                big.advance(n);
-                self.sent += n as u64;
-                if !big.has_remaining() {
-                    self.big = None;
-                    if self.framing == Framing::Chunked {
-                        self.room().put_slice(b"\r\n");
+            let chunk: &[u8] = match self.queue.front() {
+                Some(seg) => seg.chunk(),
+                None if self.off < self.out.len() => &self.out[self.off..],
+                None if self.ended => return Poll::Ready(Ok(())),
+                None => return Poll::Pending,
+            };
+            let n = match Pin::new(&mut *io).poll_write(cx, chunk) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(write_zero())),
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(UploadError::Io(e))),
+                Poll::Pending => return Poll::Pending,
+            };
+            self.sent += n as u64;
+            match self.queue.front_mut() {
+                Some(seg) => {
+                    seg.advance(n);
+                    self.queued -= n;
+                    if !seg.has_remaining() {
+                        self.queue.pop_front();
                     }
                 }
-                continue;
+                None => self.off += n,
             }
-            return if self.ended {
-                Poll::Ready(Ok(()))
-            } else {
-                Poll::Pending
-            };
         }
+    }
+
+    /// Bytes gathered and not yet written.
+    fn waiting(&self) -> usize {
+        self.queued + (self.out.len() - self.off)
+    }
+
+    /// Queue a large frame to be written from the client's buffer, after
+    /// what `out` holds (which moves to the queue first).
+    fn push_big(&mut self, data: B::Data) {
+        self.replayable = false;
+        if self.off < self.out.len() {
+            let _written = self.out.split_to(self.off);
+            let rest = self.out.split().freeze();
+            self.queued += rest.len();
+            self.queue.push_back(Segment::Own(rest));
+        } else {
+            self.out.clear();
+        }
+        self.off = 0;
+        self.queued += data.remaining();
+        self.queue.push_back(Segment::Client(data));
     }
 
     /// The window to add to: emptied first when all of it is written.
@@ -251,12 +273,14 @@ where
                 out.put_slice(b"\r\n");
             }
         }
+        let chunked = self.framing == Framing::Chunked;
         if len > COPY_MAX {
-            self.replayable = false;
-            self.big = Some(data);
+            self.push_big(data);
+            if chunked {
+                self.out.put_slice(b"\r\n");
+            }
             return Ok(());
         }
-        let chunked = self.framing == Framing::Chunked;
         let out = self.room();
         out.put(data);
         if chunked {
@@ -377,5 +401,174 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), UploadError>> {
         Upload::poll_send(self, io, cx)
+    }
+}
+
+/// Bytes queued for the backend: our own, or a frame of the client's.
+enum Segment<D> {
+    Own(Bytes),
+    Client(D),
+}
+
+impl<D: Buf> Segment<D> {
+    fn chunk(&self) -> &[u8] {
+        match self {
+            Segment::Own(b) => b.chunk(),
+            Segment::Client(d) => d.chunk(),
+        }
+    }
+
+    fn advance(&mut self, n: usize) {
+        match self {
+            Segment::Own(b) => b.advance(n),
+            Segment::Client(d) => d.advance(n),
+        }
+    }
+
+    fn has_remaining(&self) -> bool {
+        match self {
+            Segment::Own(b) => b.has_remaining(),
+            Segment::Client(d) => d.has_remaining(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// A body that yields the given frames, then ends; its size is known
+    /// only when `sized`.
+    struct Frames {
+        frames: VecDeque<Bytes>,
+        sized: Option<u64>,
+    }
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.frames.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            match self.sized {
+                Some(n) => hyper::body::SizeHint::with_exact(n),
+                None => hyper::body::SizeHint::default(),
+            }
+        }
+    }
+
+    /// Frames below, at and above the copy limit, in an order that puts
+    /// copied bytes before, between and after large frames.
+    fn frames() -> Vec<Bytes> {
+        [
+            100,
+            20_000,
+            5,
+            70_000,
+            COPY_MAX,
+            COPY_MAX + 1,
+            3,
+            200_000,
+            1,
+        ]
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| Bytes::from((0..n).map(|i| (i * 7 + k * 31) as u8).collect::<Vec<u8>>()))
+        .collect()
+    }
+
+    /// What the backend reads when `frames` go up, read slowly at first so
+    /// that writes stop short and wait.
+    async fn sent(sized: bool) -> Vec<u8> {
+        let frames = frames();
+        let total: u64 = frames.iter().map(|f| f.len() as u64).sum();
+        let body = Frames {
+            frames: frames.into(),
+            sized: sized.then_some(total),
+        };
+        let req = Request::post("/up")
+            .header(header::HOST, "b")
+            .body(UpstreamBody::new(body))
+            .unwrap();
+        let mut up = Upload::new(req).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reader = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                if got.len() < 64 * 1024 {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                let n = s.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    return got;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        });
+        let mut io = TcpStream::connect(addr).await.unwrap();
+        std::future::poll_fn(|cx| up.poll_send(&mut io, cx))
+            .await
+            .unwrap();
+        let sent = up.sent();
+        drop(io);
+        let wire = reader.await.unwrap();
+        assert_eq!(
+            wire.len() as u64,
+            sent,
+            "every byte counted as sent arrived"
+        );
+        wire
+    }
+
+    fn body_of(wire: &[u8]) -> (&[u8], &[u8]) {
+        let at = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        (&wire[..at], &wire[at..])
+    }
+
+    #[tokio::test]
+    async fn mixed_frames_go_out_whole_and_in_order_sized() {
+        let wire = sent(true).await;
+        let (head, body) = body_of(&wire);
+        let want: Vec<u8> = frames().concat();
+        let head = std::str::from_utf8(head).unwrap();
+        assert!(
+            head.contains(&format!("content-length: {}\r\n", want.len())),
+            "{head}"
+        );
+        assert!(
+            body == want.as_slice(),
+            "the body arrives whole and in order"
+        );
+    }
+
+    #[tokio::test]
+    async fn mixed_frames_go_out_whole_and_in_order_chunked() {
+        let wire = sent(false).await;
+        let (head, body) = body_of(&wire);
+        assert!(std::str::from_utf8(head)
+            .unwrap()
+            .contains("transfer-encoding: chunked\r\n"));
+        let mut want = Vec::new();
+        for f in frames() {
+            want.extend_from_slice(format!("{:x}\r\n", f.len()).as_bytes());
+            want.extend_from_slice(&f);
+            want.extend_from_slice(b"\r\n");
+        }
+        want.extend_from_slice(b"0\r\n\r\n");
+        assert!(
+            body == want.as_slice(),
+            "chunks arrive whole, framed and in order"
+        );
     }
 }
