@@ -349,16 +349,26 @@ fn bench_two_threads(c: &mut Criterion<Clock>) {
                     let f = fixture(name, n);
                     let picks = if quick() { 300_000 } else { 1_000_000 };
                     // The best of five runs; with two threads only runs in
-                    // which they picked at the same time for 90 % of the
-                    // run count (see `per_thread`).
-                    let best = |threads| {
+                    // which they picked at the same time for 80 % of it
+                    // count (see `per_thread`; threads taking turns on one
+                    // CPU show about 50 %).
+                    let runs = |threads| -> Vec<(f64, f64)> {
                         (0..5)
-                            .map(|_| per_thread(&f, threads, picks))
-                            .filter(|(_, overlap)| *overlap >= 0.9)
-                            .map(|(t, _)| t.as_nanos() as f64 / picks as f64)
+                            .map(|_| {
+                                let (t, at_once) = per_thread(&f, threads, picks);
+                                (t.as_nanos() as f64 / picks as f64, at_once)
+                            })
+                            .collect()
+                    };
+                    let best = |runs: &[(f64, f64)]| {
+                        runs.iter()
+                            .filter(|(_, at_once)| *at_once >= 0.8)
+                            .map(|(ns, _)| *ns)
                             .fold(f64::INFINITY, f64::min)
                     };
-                    let (one, two) = (best(1), best(2));
+                    let (one, two) = (runs(1), runs(2));
+                    let at_once = two.iter().map(|r| r.1).fold(0.0, f64::max);
+                    let (one, two) = (best(&one), best(&two));
                     if two.is_finite() {
                         eprintln!(
                             "pick_2threads/{name}/{n}: 1 thread {one:.1} ns/pick, 2 threads {two:.1} \
@@ -367,8 +377,9 @@ fn bench_two_threads(c: &mut Criterion<Clock>) {
                         );
                     } else {
                         eprintln!(
-                            "pick_2threads/{name}/{n}: not measured: in no run did the two threads \
-                             pick at the same time for 90 % of it (a busy machine)"
+                            "pick_2threads/{name}/{n}: not measured: the two threads picked at \
+                             the same time for at most {:.0} % of a run (a busy machine)",
+                            100.0 * at_once
                         );
                     }
                     f
