@@ -150,22 +150,7 @@ where
 
     /// A new connection to `addr`, its driver task spawned.
     async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<B>, BoxError> {
-        let connecting = TcpStream::connect(addr);
-        let stream = match self.inner.connect_timeout {
-            Some(limit) => match tokio::time::timeout(limit, connecting).await {
-                Ok(r) => r,
-                Err(_) => {
-                    let e = io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("connect to {addr} timed out after {limit:?}"),
-                    );
-                    return Err(OutcomeError::unsent(Outcome::Timeout, e).into());
-                }
-            },
-            None => connecting.await,
-        }
-        .map_err(|e| OutcomeError::unsent(Outcome::ConnectFailed, e))?;
-        let _ = stream.set_nodelay(true);
+        let stream = connect(addr, self.inner.connect_timeout).await?;
         let (mut tx, conn) = http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
@@ -320,6 +305,32 @@ where
             None => Poll::Ready(Err("request polled after completion".into())),
         }
     }
+}
+
+/// A TCP connection to backend `addr` within `limit`, with Nagle off: a
+/// timeout is an unsent [`Outcome::Timeout`], a refusal or other failure an
+/// unsent [`Outcome::ConnectFailed`] (the request may go elsewhere).
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    limit: Option<Duration>,
+) -> Result<TcpStream, BoxError> {
+    let connecting = TcpStream::connect(addr);
+    let stream = match limit {
+        Some(limit) => match tokio::time::timeout(limit, connecting).await {
+            Ok(r) => r,
+            Err(_) => {
+                let e = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connect to {addr} timed out after {limit:?}"),
+                );
+                return Err(OutcomeError::unsent(Outcome::Timeout, e).into());
+            }
+        },
+        None => connecting.await,
+    }
+    .map_err(|e| OutcomeError::unsent(Outcome::ConnectFailed, e))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// FxHash over the address's bytes: a few multiplications, not SipHash (the

@@ -20,12 +20,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use lb_core::Outcome;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::http::pool::AddrHasher;
-use crate::pick::{BoxError, OutcomeError};
+use crate::pick::BoxError;
 
 /// The idle sweep never runs more often than this.
 const MIN_SWEEP: Duration = Duration::from_millis(90);
@@ -118,22 +117,7 @@ impl H1Pool {
 
     /// A new connection to `addr`, within the connect timeout.
     pub(crate) async fn connect(self, addr: SocketAddr) -> Result<Conn, BoxError> {
-        let connecting = TcpStream::connect(addr);
-        let io = match self.inner.connect_timeout {
-            Some(limit) => match tokio::time::timeout(limit, connecting).await {
-                Ok(r) => r,
-                Err(_) => {
-                    let e = io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("connect to {addr} timed out after {limit:?}"),
-                    );
-                    return Err(OutcomeError::unsent(Outcome::Timeout, e).into());
-                }
-            },
-            None => connecting.await,
-        }
-        .map_err(|e| OutcomeError::unsent(Outcome::ConnectFailed, e))?;
-        let _ = io.set_nodelay(true);
+        let io = crate::http::pool::connect(addr, self.inner.connect_timeout).await?;
         self.start_sweep();
         Ok(Conn {
             io,
