@@ -442,7 +442,7 @@ impl Observer for EjectOnFailure {
 
 #[tokio::test]
 async fn nothing_eligible_is_an_immediate_503() {
-    let a = backend("a", "127.0.0.1").await;
+    let mut a = backend("a", "127.0.0.1").await;
     let lb = balancer(&[(&a, 1)], "rr");
     let eject = Arc::new(EjectOnFailure(lb.pool().clone(), Default::default()));
     // Timeouts far beyond the test's: a 503 cannot come from waiting.
@@ -470,7 +470,7 @@ async fn nothing_eligible_is_an_immediate_503() {
     // Dead: one refused attempt ejects it (503: it could not be connected
     // to), then 503 at once, with no further attempt and no wait for a
     // check round.
-    a.kill();
+    a.kill().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(go().await, Answer::Statuses(vec![503], false));
     assert_eq!(lb.pool().load().get(id).unwrap().health(), Health::Down);

@@ -86,7 +86,7 @@ async fn killed_backend_is_ejected_passively_and_restored_actively() {
     let Three {
         a: _a,
         b: _b,
-        c,
+        mut c,
         pool,
         c_id,
         health,
@@ -99,7 +99,7 @@ async fn killed_backend_is_ejected_passively_and_restored_actively() {
         assert_eq!(get(&client, proxy.addr, "/").await.0, 200);
     }
     let c_addr = c.addr;
-    c.kill();
+    c.kill().await;
     drop(c);
     let mut served = Vec::new();
     for _ in 0..6 {
@@ -350,7 +350,7 @@ async fn a_passive_ejection_ends_by_rise_checks_before_fail_timeout() {
     let Three {
         a: _a,
         b: _b,
-        c,
+        mut c,
         pool,
         c_id,
         health,
@@ -359,7 +359,7 @@ async fn a_passive_ejection_ends_by_rise_checks_before_fail_timeout() {
         client,
     } = three(Duration::from_millis(400), Duration::from_secs(60)).await;
     let c_addr = c.addr;
-    c.kill();
+    c.kill().await;
     drop(c);
     for _ in 0..6 {
         let (status, body) = get(&client, proxy.addr, "/").await;
@@ -381,9 +381,9 @@ async fn a_passive_ejection_ends_by_rise_checks_before_fail_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_backends_refusing_gives_only_503() {
-    let a = backend("a", "127.0.0.1").await;
-    let b = backend("b", "127.0.0.1").await;
-    let c = backend("c", "127.0.0.1").await;
+    let mut a = backend("a", "127.0.0.1").await;
+    let mut b = backend("b", "127.0.0.1").await;
+    let mut c = backend("c", "127.0.0.1").await;
     let lb = balancer(&[(&a, 1), (&b, 1), (&c, 1)], "rr");
     let settings = HealthSettings {
         enabled: true,
@@ -404,8 +404,8 @@ async fn all_backends_refusing_gives_only_503() {
     .await;
     let client = client();
     assert_eq!(get(&client, proxy.addr, "/").await.0, 200);
-    for be in [&a, &b, &c] {
-        be.kill();
+    for be in [&mut a, &mut b, &mut c] {
+        be.kill().await;
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     // Refused everywhere (tried, then ejected; in panic, tried again): 503

@@ -63,7 +63,7 @@ async fn wrr_weights_two_to_one_exact_over_each_cycle() {
 
 #[tokio::test]
 async fn killed_backend_is_retried_invisibly_and_reported() {
-    let (a, b, c) = (
+    let (a, mut b, c) = (
         backend("a", "127.0.0.1").await,
         backend("b", "127.0.0.1").await,
         backend("c", "127.0.0.1").await,
@@ -75,7 +75,7 @@ async fn killed_backend_is_retried_invisibly_and_reported() {
     let p = start_proxy("127.0.0.1", layer, ForwardConfig::default()).await;
     let cl = client();
     assert_eq!(names(&cl, p.addr, 3).await, "abc");
-    b.kill();
+    b.kill().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     for i in 0..30 {
         let (status, body) = get(&cl, p.addr, "/").await;
@@ -104,7 +104,7 @@ async fn killed_backend_is_retried_invisibly_and_reported() {
 
 #[tokio::test]
 async fn all_backends_down_or_refusing_answers_503() {
-    let (a, b) = (
+    let (mut a, mut b) = (
         backend("a", "127.0.0.1").await,
         backend("b", "127.0.0.1").await,
     );
@@ -127,8 +127,8 @@ async fn all_backends_down_or_refusing_answers_503() {
     for m in lb.pool().load().members() {
         lb.pool().set_health(m.id(), Health::Up).unwrap();
     }
-    a.kill();
-    b.kill();
+    a.kill().await;
+    b.kill().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let (status, body) = get(&cl, p.addr, "/").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
@@ -479,7 +479,7 @@ async fn http2_prior_knowledge_clients_are_served() {
 
 #[tokio::test]
 async fn a_request_with_a_body_is_never_sent_twice() {
-    let (a, b) = (
+    let (mut a, b) = (
         backend("a", "127.0.0.1").await,
         backend("b", "127.0.0.1").await,
     );
@@ -489,7 +489,7 @@ async fn a_request_with_a_body_is_never_sent_twice() {
         .observer(rec.clone())
         .retry(Retry::default().tries(3));
     let p = start_proxy("127.0.0.1", layer, ForwardConfig::default()).await;
-    a.kill();
+    a.kill().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     // PUT is idempotent, but its body is gone once sent: a's refusal is the
     // answer (503: a could not be connected to).

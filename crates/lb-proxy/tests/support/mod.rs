@@ -35,13 +35,18 @@ pub struct TestBackend {
     pub name: &'static str,
     pub addr: SocketAddr,
     pub hits: Arc<AtomicU64>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
 impl TestBackend {
-    /// Stop accepting and close every open connection: the port then refuses.
-    pub fn kill(&self) {
-        self.task.abort();
+    /// Stop accepting and close every open connection; once this returns
+    /// the port refuses and no connection of this backend answers again.
+    pub async fn kill(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
     }
 }
 
@@ -217,12 +222,15 @@ fn serve_backend(name: &'static str, listener: TcpListener) -> TestBackend {
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicU64::new(0));
     let h = hits.clone();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let mut conns = JoinSet::new();
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
+            let accepted = tokio::select! {
+                _ = &mut stopped => break,
+                accepted = listener.accept() => accepted,
             };
+            let Ok((stream, _)) = accepted else { break };
             let h = h.clone();
             conns.spawn(async move {
                 let svc = hyper::service::service_fn(move |req| handle(name, h.clone(), req));
@@ -232,11 +240,14 @@ fn serve_backend(name: &'static str, listener: TcpListener) -> TestBackend {
                     .await;
             });
         }
+        drop(listener);
+        conns.shutdown().await;
     });
     TestBackend {
         name,
         addr,
         hits,
+        stop: Some(stop),
         task,
     }
 }
