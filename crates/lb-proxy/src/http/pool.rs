@@ -39,41 +39,192 @@ use crate::pick::{BoxError, OutcomeError};
 /// The idle sweep never runs more often than this (as hyper-util's pool).
 const MIN_SWEEP: Duration = Duration::from_millis(90);
 
-/// Connections to backends, shared by every clone of a `Forward`.
-pub(crate) struct Pool<B> {
-    inner: Arc<Inner<B>>,
-}
-
-impl<B> Clone for Pool<B> {
-    fn clone(&self) -> Self {
-        Pool {
-            inner: self.inner.clone(),
-        }
+/// A connection an [`IdlePool`] can keep between requests.
+pub(crate) trait Reusable: Send + 'static {
+    /// Whether it can take a request now (asked at checkout).
+    fn usable(&self) -> bool;
+    /// Whether it is gone for good (the sweep drops it early).
+    fn closed(&self) -> bool {
+        false
     }
 }
 
-impl<B> fmt::Debug for Pool<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pool")
-            .field("max_idle", &self.inner.max_idle)
-            .field("idle_timeout", &self.inner.idle_timeout)
-            .finish_non_exhaustive()
-    }
+/// Idle keep-alive connections per backend address, shared by clones: the
+/// most recently pooled first, expired after the idle timeout (checked at
+/// checkout and by a sweep every `max(timeout, 90 ms)` while the pool
+/// lives), at most `max_idle` per backend.
+pub(crate) struct IdlePool<T> {
+    inner: Arc<IdleInner<T>>,
 }
 
-struct Inner<B> {
-    idle: Mutex<IdleMap<B>>,
+struct IdleInner<T> {
+    idle: Mutex<IdleMap<T>>,
     max_idle: usize,
     idle_timeout: Option<Duration>,
     connect_timeout: Option<Duration>,
     sweeping: AtomicBool,
 }
 
-type IdleMap<B> = HashMap<SocketAddr, Vec<Idle<B>>, BuildHasherDefault<AddrHasher>>;
+type IdleMap<T> = HashMap<SocketAddr, Vec<(T, Instant)>, BuildHasherDefault<AddrHasher>>;
 
-struct Idle<B> {
-    tx: SendRequest<B>,
-    since: Instant,
+impl<T> Clone for IdlePool<T> {
+    fn clone(&self) -> Self {
+        IdlePool {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for IdlePool<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdlePool")
+            .field("max_idle", &self.inner.max_idle)
+            .field("idle_timeout", &self.inner.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Reusable> IdlePool<T> {
+    /// An empty pool.
+    pub(crate) fn new(
+        max_idle: usize,
+        idle_timeout: Option<Duration>,
+        connect_timeout: Option<Duration>,
+    ) -> Self {
+        IdlePool {
+            inner: Arc::new(IdleInner {
+                idle: Mutex::new(HashMap::default()),
+                max_idle,
+                idle_timeout,
+                connect_timeout,
+                sweeping: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The limit on connecting to a backend.
+    pub(crate) fn connect_timeout(&self) -> Option<Duration> {
+        self.inner.connect_timeout
+    }
+
+    /// The most recently pooled usable connection to `addr`; expired and
+    /// unusable ones met on the way are dropped (closed).
+    pub(crate) fn take(&self, addr: SocketAddr) -> Option<T> {
+        self.inner.take(addr)
+    }
+
+    /// Keep `conn` for the next request to `addr`, if there is room.
+    pub(crate) fn put(&self, addr: SocketAddr, conn: T) {
+        self.inner.put(addr, conn);
+    }
+
+    /// A way to [`put`](Self::put) a connection later, from another task,
+    /// that does nothing once the pool is gone (for a connection that
+    /// becomes reusable after its response body was read).
+    pub(crate) fn later(&self) -> impl FnOnce(SocketAddr, T) + Send + 'static {
+        let pool = Arc::downgrade(&self.inner);
+        move |addr, conn| {
+            if let Some(pool) = pool.upgrade() {
+                pool.put(addr, conn);
+            }
+        }
+    }
+
+    /// Whether connections are kept at all.
+    pub(crate) fn keeps(&self) -> bool {
+        self.inner.max_idle > 0
+    }
+
+    /// Close expired idle connections from time to time, while the pool
+    /// lives (started once, at the first new connection).
+    pub(crate) fn start_sweep(&self) {
+        let Some(timeout) = self.inner.idle_timeout.filter(|t| !t.is_zero()) else {
+            return;
+        };
+        if self.inner.max_idle == 0 || self.inner.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let every = timeout.max(MIN_SWEEP);
+        let pool: Weak<IdleInner<T>> = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+            loop {
+                ticks.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.sweep(timeout);
+            }
+        });
+    }
+}
+
+impl<T: Reusable> IdleInner<T> {
+    fn lock(&self) -> MutexGuard<'_, IdleMap<T>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take(&self, addr: SocketAddr) -> Option<T> {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        let list = idle.get_mut(&addr)?;
+        while let Some((conn, since)) = list.pop() {
+            let fresh = self
+                .idle_timeout
+                .is_none_or(|t| now.saturating_duration_since(since) <= t);
+            if fresh && conn.usable() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put(&self, addr: SocketAddr, conn: T) {
+        let since = Instant::now();
+        let mut idle = self.lock();
+        let list = idle.entry(addr).or_default();
+        if list.len() < self.max_idle {
+            list.push((conn, since));
+        }
+    }
+
+    fn sweep(&self, timeout: Duration) {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        idle.retain(|_, list| {
+            list.retain(|(conn, since)| {
+                !conn.closed() && now.saturating_duration_since(*since) <= timeout
+            });
+            !list.is_empty()
+        });
+    }
+}
+
+impl<B: Send + 'static> Reusable for SendRequest<B> {
+    fn usable(&self) -> bool {
+        self.is_ready()
+    }
+    fn closed(&self) -> bool {
+        self.is_closed()
+    }
+}
+
+/// Connections to backends through hyper's client, shared by every clone
+/// of a `Forward`.
+pub(crate) struct Pool<B> {
+    idle: IdlePool<SendRequest<B>>,
+}
+
+impl<B> Clone for Pool<B> {
+    fn clone(&self) -> Self {
+        Pool {
+            idle: self.idle.clone(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for Pool<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool").field("idle", &self.idle).finish()
+    }
 }
 
 impl<B> Pool<B>
@@ -89,13 +240,7 @@ where
         connect_timeout: Option<Duration>,
     ) -> Self {
         Pool {
-            inner: Arc::new(Inner {
-                idle: Mutex::new(HashMap::default()),
-                max_idle,
-                idle_timeout,
-                connect_timeout,
-                sweeping: AtomicBool::new(false),
-            }),
+            idle: IdlePool::new(max_idle, idle_timeout, connect_timeout),
         }
     }
 
@@ -107,7 +252,7 @@ where
     /// moved with every request); connecting, and sending again after a
     /// reused connection closed, run in a boxed future of their own.
     pub(crate) fn send(&self, addr: SocketAddr, req: Request<B>) -> Sending<B, impl SendFuture<B>> {
-        let (tx, first, slow) = match self.inner.take(addr) {
+        let (tx, first, slow) = match self.idle.take(addr) {
             Some(mut tx) => {
                 let first = tx.try_send_request(req);
                 (Some(tx), Some(first), None)
@@ -128,7 +273,7 @@ where
     fn send_slow(self, addr: SocketAddr, mut req: Request<B>) -> SlowFuture {
         Box::pin(async move {
             loop {
-                let (mut tx, reused) = match self.inner.take(addr) {
+                let (mut tx, reused) = match self.idle.take(addr) {
                     Some(tx) => (tx, true),
                     None => (self.connect(addr).await?, false),
                 };
@@ -150,14 +295,14 @@ where
 
     /// A new connection to `addr`, its driver task spawned.
     async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<B>, BoxError> {
-        let stream = connect(addr, self.inner.connect_timeout).await?;
+        let stream = connect(addr, self.idle.connect_timeout()).await?;
         let (mut tx, conn) = http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(backend = %addr, error = %e, "backend connection ended with an error");
             }
         });
-        self.start_sweep();
+        self.idle.start_sweep();
         tx.ready().await?;
         Ok(tx)
     }
@@ -165,81 +310,16 @@ where
     /// Give a connection back once it can take another request.
     fn release(&self, addr: SocketAddr, mut tx: SendRequest<B>) {
         if tx.is_ready() {
-            self.inner.put(addr, tx);
-        } else if !tx.is_closed() && self.inner.max_idle > 0 {
+            self.idle.put(addr, tx);
+        } else if !tx.is_closed() && self.idle.keeps() {
             // Its response body is still to be read.
-            let pool = Arc::downgrade(&self.inner);
+            let put = self.idle.later();
             tokio::spawn(async move {
                 if tx.ready().await.is_ok() {
-                    if let Some(pool) = pool.upgrade() {
-                        pool.put(addr, tx);
-                    }
+                    put(addr, tx);
                 }
             });
         }
-    }
-
-    /// Close expired idle connections from time to time, while the pool lives.
-    fn start_sweep(&self) {
-        let Some(timeout) = self.inner.idle_timeout.filter(|t| !t.is_zero()) else {
-            return;
-        };
-        if self.inner.sweeping.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let every = timeout.max(MIN_SWEEP);
-        let pool: Weak<Inner<B>> = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
-            loop {
-                ticks.tick().await;
-                let Some(pool) = pool.upgrade() else { return };
-                pool.sweep(timeout);
-            }
-        });
-    }
-}
-
-impl<B> Inner<B> {
-    fn lock(&self) -> MutexGuard<'_, IdleMap<B>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn expired(&self, since: Instant, now: Instant) -> bool {
-        self.idle_timeout
-            .is_some_and(|t| now.saturating_duration_since(since) > t)
-    }
-
-    /// The most recently pooled live connection to `addr`; expired and
-    /// closed ones met on the way are dropped.
-    fn take(&self, addr: SocketAddr) -> Option<SendRequest<B>> {
-        let now = Instant::now();
-        let mut idle = self.lock();
-        let list = idle.get_mut(&addr)?;
-        while let Some(e) = list.pop() {
-            if e.tx.is_ready() && !self.expired(e.since, now) {
-                return Some(e.tx);
-            }
-        }
-        None
-    }
-
-    fn put(&self, addr: SocketAddr, tx: SendRequest<B>) {
-        let since = Instant::now();
-        let mut idle = self.lock();
-        let list = idle.entry(addr).or_default();
-        if list.len() < self.max_idle {
-            list.push(Idle { tx, since });
-        }
-    }
-
-    fn sweep(&self, timeout: Duration) {
-        let now = Instant::now();
-        let mut idle = self.lock();
-        idle.retain(|_, list| {
-            list.retain(|e| !e.tx.is_closed() && now.saturating_duration_since(e.since) <= timeout);
-            !list.is_empty()
-        });
     }
 }
 
@@ -336,7 +416,7 @@ pub(crate) async fn connect(
 /// FxHash over the address's bytes: a few multiplications, not SipHash (the
 /// keys are the configured backends, not attacker-chosen).
 #[derive(Default)]
-pub(crate) struct AddrHasher(u64);
+struct AddrHasher(u64);
 
 impl Hasher for AddrHasher {
     fn finish(&self) -> u64 {
