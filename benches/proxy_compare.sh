@@ -10,8 +10,9 @@
 # balance roundrobin, http-reuse always, nbthread 1) and examples/http_proxy
 # (--threads 1, scheduler rr) in front of them, each in turn (A B C A B C),
 # with `wrk --latency` as the client: requests/s, p50 and p99.
-# TCP: HAProxy (mode tcp), nginx (stream, if its module installs) and
-# examples/tcp_proxy (--threads 1): throughput with iperf3 through the proxy,
+# TCP: HAProxy (mode tcp, option splice-auto), nginx (stream, if its
+# module installs) and examples/tcp_proxy (--threads 1; splice(2) for bulk
+# transfers, its default): throughput with iperf3 through the proxy,
 # and the connection rate (wrk with `Connection: close` to the HTTP
 # backends through the TCP proxy: one connection a request).
 #
@@ -103,7 +104,15 @@ haproxy_conf() {
         cat <<EOF
 global
     nbthread 1
-    maxconn $MAXCONN
+EOF
+        # Splicing takes a pipe (two descriptors) a spliced connection:
+        # HAProxy reserves descriptors for maxpipes beside maxconn.
+        if [ "$mode" = tcp ]; then
+            printf '    maxconn %s\n    maxpipes 128\n' "$((MAXCONN - 300))"
+        else
+            printf '    maxconn %s\n' "$MAXCONN"
+        fi
+        cat <<EOF
 defaults
     mode $mode
     timeout connect 5s
@@ -116,6 +125,9 @@ backend be
     balance roundrobin
 EOF
         [ "$mode" = http ] && echo "    http-reuse always"
+        # As lb's tcp_proxy (splice on by default on Linux): bulk moved by
+        # splice(2) when HAProxy sees it pays.
+        [ "$mode" = tcp ] && echo "    option splice-auto"
         for b in "$@"; do
             i=$((i + 1))
             echo "    server s$i $b"

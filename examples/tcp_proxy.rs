@@ -58,6 +58,10 @@ struct Args {
     /// (HAProxy `check inter`), with rise 2 and fall 3. Off when absent.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     check_interval: Option<Duration>,
+    /// Copy bulk transfers through user space instead of moving them with
+    /// splice(2) (Linux), as HAProxy without `option splice-auto`.
+    #[arg(long)]
+    no_splice: bool,
     /// Run the self-contained demonstration and exit.
     #[arg(long)]
     demo: bool,
@@ -161,7 +165,8 @@ fn build(args: &Args, backends: &[(String, SocketAddr, u64)]) -> Result<TcpProxy
         .with_observer(health.observer)
         .with_connect_timeout(args.connect_timeout)
         .with_idle_timeout(args.idle_timeout)
-        .with_max_tries(args.max_tries))
+        .with_max_tries(args.max_tries)
+        .with_splice(!args.no_splice))
 }
 
 async fn run(args: Args) -> Result<(), String> {

@@ -95,17 +95,15 @@ async fn all_closed(pool: &Pool) {
     }
 }
 
-#[tokio::test]
-async fn bytes_are_echoed_through_the_proxy_and_counted() {
+/// Echo `len` bytes through a proxy with splice on or off, and check the
+/// echo and the backend's byte counters.
+async fn echo_and_count(splice: bool, len: u32) {
     let pool = pool_of(&[("a", echo_backend("a", "127.0.0.1:0").await)]);
-    let proxy = start(
-        TcpProxy::new(Balancer::new(pool.clone(), lb_sched::build("rr").unwrap())),
-        "127.0.0.1:0",
-    )
-    .await;
+    let lb = Balancer::new(pool.clone(), lb_sched::build("rr").unwrap());
+    let proxy = start(TcpProxy::new(lb).with_splice(splice), "127.0.0.1:0").await;
     let (name, mut s) = hello(proxy).await;
     assert_eq!(name, "a");
-    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
     let (mut r, mut w) = s.get_mut().split();
     let (sent, echoed) = tokio::join!(
         async {
@@ -114,12 +112,15 @@ async fn bytes_are_echoed_through_the_proxy_and_counted() {
         },
         async {
             let mut back = Vec::new();
-            r.read_to_end(&mut back).await.unwrap();
+            timeout(PATIENCE, r.read_to_end(&mut back))
+                .await
+                .unwrap()
+                .unwrap();
             back
         }
     );
     let () = sent;
-    assert_eq!(echoed, payload, "the echo comes back whole and in order");
+    assert!(echoed == payload, "the echo comes back whole and in order");
     drop(s);
     all_closed(&pool).await;
     let snap = pool.load();
@@ -135,6 +136,20 @@ async fn bytes_are_echoed_through_the_proxy_and_counted() {
         m.counters().latency_ewma_us() > 0,
         "the connect latency is recorded"
     );
+}
+
+#[tokio::test]
+async fn bytes_are_echoed_through_the_proxy_and_counted() {
+    echo_and_count(true, 200_000).await;
+}
+
+#[tokio::test]
+async fn a_bulk_echo_is_whole_and_counted_with_splice_and_without() {
+    // 24 MiB each way: the reads fill the copy buffer, so with splice on
+    // both directions move on to splice(2) (Linux) after the first read.
+    for splice in [true, false] {
+        echo_and_count(splice, 24 << 20).await;
+    }
 }
 
 /// A backend that reads the whole request (until the client's FIN), then
@@ -159,9 +174,15 @@ async fn answer_after_eof_backend() -> SocketAddr {
 
 #[tokio::test]
 async fn half_close_passes_the_fin_and_the_reply_still_arrives_whole() {
+    for splice in [true, false] {
+        half_close(splice).await;
+    }
+}
+
+async fn half_close(splice: bool) {
     let pool = pool_of(&[("a", answer_after_eof_backend().await)]);
     let lb = Balancer::new(pool.clone(), lb_sched::build("rr").unwrap());
-    let proxy = start(TcpProxy::new(lb), "127.0.0.1:0").await;
+    let proxy = start(TcpProxy::new(lb).with_splice(splice), "127.0.0.1:0").await;
     let mut s = TcpStream::connect(proxy).await.unwrap();
     s.write_all(&[7u8; 5000]).await.unwrap();
     s.shutdown().await.unwrap(); // client -> proxy FIN; proxy must pass it on

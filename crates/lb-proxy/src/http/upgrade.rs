@@ -32,7 +32,7 @@ pub(crate) async fn tunnel(
     };
     let client = tokio::io::split(TokioIo::new(client));
     let backend = tokio::io::split(TokioIo::new(backend));
-    let moved = copy::join(client, backend, lease.counters(), idle, || {}).await;
+    let moved = copy::join(client, backend, lease.counters(), idle, false, || {}).await;
     tracing::debug!(
         backend = %name, to_backend = moved.to_backend, from_backend = moved.from_backend,
         end = ?moved.end, "upgraded connection ended"

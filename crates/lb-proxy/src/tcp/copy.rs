@@ -2,7 +2,12 @@
 //! an idle timeout.
 //!
 //! Each direction reads into its own buffer and writes everything it read
-//! before reading again. When one side reaches end of stream, the write half
+//! before reading again. Between two TCP sockets on Linux, a direction
+//! whose read fills its buffer (a bulk transfer) moves on to `splice(2)`
+//! through a pipe of its own, when enabled: the bytes then go from socket to
+//! socket inside the kernel (HAProxy's `option splice-auto`); short and
+//! interactive exchanges keep the buffer and never pay for a pipe. When one
+//! side reaches end of stream, the write half
 //! of the other side is shut down (a FIN is sent) and the other direction
 //! goes on until it ends too, as `tokio::io::copy_bidirectional` and
 //! HAProxy's `mode tcp` do. The connection is idle when neither direction
@@ -18,7 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lb_core::{ConnGuard, Counters};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::drain::Watch;
@@ -84,6 +90,30 @@ impl Activity {
     }
 }
 
+/// One half of a connection being copied: the TCP socket under it, if it
+/// is one (what `splice(2)` needs).
+pub(crate) trait Half {
+    /// The socket, for a half of a plain TCP connection.
+    fn tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl Half for OwnedReadHalf {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
+    }
+}
+
+impl Half for OwnedWriteHalf {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
+    }
+}
+
+impl<T> Half for ReadHalf<T> {}
+impl<T> Half for WriteHalf<T> {}
+
 /// Which way a direction copies, for the byte counters.
 #[derive(Clone, Copy)]
 enum Way {
@@ -91,7 +121,9 @@ enum Way {
     FromBackend,
 }
 
-/// Copy `from` into `to` until end of stream, then shut `to` down.
+/// Copy `from` into `to` until end of stream, then shut `to` down; through
+/// `splice(2)` once a read fills the buffer, if `splice` and both are TCP
+/// sockets.
 async fn pipe<R, W>(
     mut from: R,
     mut to: W,
@@ -99,11 +131,20 @@ async fn pipe<R, W>(
     moved: &AtomicU64,
     activity: &Activity,
     counters: &Counters,
+    splice: bool,
 ) -> io::Result<()>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Half + Unpin,
+    W: AsyncWrite + Half + Unpin,
 {
+    let account = |n: u64| {
+        moved.fetch_add(n, Ordering::Relaxed);
+        match way {
+            Way::ToBackend => counters.add_bytes(n, 0),
+            Way::FromBackend => counters.add_bytes(0, n),
+        }
+        activity.touch();
+    };
     let mut buf = vec![0u8; BUF_SIZE];
     loop {
         let n = from.read(&mut buf).await?;
@@ -111,16 +152,22 @@ where
             return to.shutdown().await;
         }
         to.write_all(&buf[..n]).await?;
-        if n == buf.len() && n < BULK_BUF_SIZE {
-            buf.resize(BULK_BUF_SIZE, 0);
+        account(n as u64);
+        if n == buf.len() {
+            #[cfg(target_os = "linux")]
+            if splice {
+                if let (Some(r), Some(w), Some(pipe)) =
+                    (from.tcp(), to.tcp(), super::splice::Pipe::new())
+                {
+                    drop(buf);
+                    pipe.carry(r, w, account).await?;
+                    return to.shutdown().await;
+                }
+            }
+            if n < BULK_BUF_SIZE {
+                buf.resize(BULK_BUF_SIZE, 0);
+            }
         }
-        let n = n as u64;
-        moved.fetch_add(n, Ordering::Relaxed);
-        match way {
-            Way::ToBackend => counters.add_bytes(n, 0),
-            Way::FromBackend => counters.add_bytes(0, n),
-        }
-        activity.touch();
     }
 }
 
@@ -134,31 +181,37 @@ pub(crate) async fn forward(
     backend: TcpStream,
     guard: &mut ConnGuard,
     idle: Duration,
+    splice: bool,
 ) -> Moved {
     let counters = guard.counters().clone();
     let (client_rd, client_wr) = client.into_split();
     let (backend_rd, backend_wr) = backend.into_split();
     let client = (client_rd, client_wr);
     let backend = (backend_rd, backend_wr);
-    join(client, backend, &counters, Some(idle), || guard.idle()).await
+    join(client, backend, &counters, Some(idle), splice, || {
+        guard.idle()
+    })
+    .await
 }
 
 /// Copy both ways between the halves of `client` and `backend` until both
 /// directions end, one fails, nothing moves for `idle`, or a drain of the
 /// backend whose `counters` these are cuts it. `half_closed` is called when
-/// the first direction ends.
+/// the first direction ends. `splice`: bulk directions between TCP sockets
+/// move on to `splice(2)`.
 pub(crate) async fn join<CR, CW, BR, BW>(
     (client_rd, client_wr): (CR, CW),
     (backend_rd, backend_wr): (BR, BW),
     counters: &Arc<Counters>,
     idle: Option<Duration>,
+    splice: bool,
     mut half_closed: impl FnMut(),
 ) -> Moved
 where
-    CR: AsyncRead + Unpin,
-    CW: AsyncWrite + Unpin,
-    BR: AsyncRead + Unpin,
-    BW: AsyncWrite + Unpin,
+    CR: AsyncRead + Half + Unpin,
+    CW: AsyncWrite + Half + Unpin,
+    BR: AsyncRead + Half + Unpin,
+    BW: AsyncWrite + Half + Unpin,
 {
     let mut watch = Watch::new(counters);
     let (up_bytes, down_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
@@ -173,6 +226,7 @@ where
         &up_bytes,
         &activity,
         counters,
+        splice,
     );
     let down = pipe(
         backend_rd,
@@ -181,6 +235,7 @@ where
         &down_bytes,
         &activity,
         counters,
+        splice,
     );
     let idle_out = async {
         match idle {

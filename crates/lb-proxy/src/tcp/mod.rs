@@ -44,6 +44,8 @@
 //! ```
 
 pub(crate) mod copy;
+#[cfg(target_os = "linux")]
+mod splice;
 
 use std::fmt;
 use std::future::{pending, Future};
@@ -83,6 +85,7 @@ pub struct TcpProxy {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_tries: usize,
+    splice: bool,
 }
 
 impl fmt::Debug for TcpProxy {
@@ -93,6 +96,7 @@ impl fmt::Debug for TcpProxy {
             .field("connect_timeout", &self.connect_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_tries", &self.max_tries)
+            .field("splice", &self.splice)
             .finish()
     }
 }
@@ -160,6 +164,7 @@ impl TcpProxy {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_tries: DEFAULT_MAX_TRIES,
+            splice: cfg!(target_os = "linux"),
         }
     }
 
@@ -184,6 +189,16 @@ impl TcpProxy {
     /// Backends tried per client connection (at least 1).
     pub fn with_max_tries(mut self, n: usize) -> Self {
         self.max_tries = n.max(1);
+        self
+    }
+
+    /// Move bulk transfers with `splice(2)` (Linux; the default there): a
+    /// direction whose read fills the 16 KiB copy buffer goes on through a
+    /// pipe of its own, socket to socket inside the kernel, as HAProxy's
+    /// `option splice-auto`. `false` copies through user space always.
+    /// Elsewhere than Linux this has no effect.
+    pub fn with_splice(mut self, on: bool) -> Self {
+        self.splice = on && cfg!(target_os = "linux");
         self
     }
 
@@ -300,7 +315,8 @@ impl TcpProxy {
             addr,
             mut guard,
         } = conn;
-        let moved = copy::forward(client, backend, &mut guard, self.idle_timeout).await;
+        let moved =
+            copy::forward(client, backend, &mut guard, self.idle_timeout, self.splice).await;
         drop(guard); // both sockets are closed: off the counters
         Session {
             backend: id,
