@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Incoming};
+use std::sync::Mutex;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
@@ -19,6 +20,7 @@ use tokio::sync::Semaphore;
 use tower_service::Service;
 
 use super::edge::{Answering, EdgeBody, EdgeConn, EdgeIo, EdgeStats, Limits};
+use super::h1srv::{self, ClientBody, HandOff, Shared};
 use crate::pick::{BoxError, ClientAddr, LocalAddr};
 
 /// hyper's limit on header fields when none is set (`DEFAULT_MAX_HEADERS`).
@@ -42,12 +44,14 @@ pub struct Server {
     builder: auto::Builder<TokioExecutor>,
     limits: Limits,
     stats: Arc<EdgeStats>,
+    h1_server: bool,
 }
 
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("limits", &self.limits)
+            .field("h1_server", &self.h1_server)
             .finish_non_exhaustive()
     }
 }
@@ -73,6 +77,7 @@ impl Server {
             builder,
             limits: Limits::default(),
             stats: Arc::default(),
+            h1_server: true,
         }
         .with_limits(Limits::default())
     }
@@ -98,6 +103,16 @@ impl Server {
         if self.limits.max_headers > HYPER_DEFAULT_MAX_HEADERS {
             self.builder.http1().max_headers(self.limits.max_headers);
         }
+        self
+    }
+
+    /// Whether plain HTTP/1 requests are served by the proxy's own
+    /// HTTP/1.1 server (the default) rather than hyper's. Either way HTTP/2,
+    /// protocol switches and `Expect: 100-continue` go through hyper's (on
+    /// the own server's connections from the request that asks for them
+    /// on), and the edge checks every HTTP/1 request first.
+    pub fn h1_server(mut self, on: bool) -> Self {
+        self.h1_server = on;
         self
     }
 
@@ -166,7 +181,7 @@ impl Server {
     /// one closes.
     pub async fn serve<S, B>(self, listener: TcpListener, svc: S) -> io::Error
     where
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+        S: Service<Request<ClientBody>, Response = Response<B>, Error = Infallible>,
         S: Clone + Send + 'static,
         S::Future: Send + 'static,
         B: Body<Data = Bytes> + Send + 'static,
@@ -225,7 +240,7 @@ impl Server {
         svc: S,
     ) -> impl Future<Output = ()> + Send + 'static
     where
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+        S: Service<Request<ClientBody>, Response = Response<B>, Error = Infallible>,
         S: Clone + Send + 'static,
         S::Future: Send + 'static,
         B: Body<Data = Bytes> + Send + 'static,
@@ -235,47 +250,120 @@ impl Server {
         let open = self.stats.open_guard();
         let edge = Arc::new(EdgeConn::default());
         let mut io = EdgeIo::new(stream, edge.clone(), self.limits, self.stats.clone());
-        let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            let (refusal, done) = edge.begin();
-            let edge = edge.clone();
-            req.extensions_mut().insert(ClientAddr(peer));
-            req.extensions_mut().insert(LocalAddr(local));
-            let mut svc = svc.clone();
-            async move {
-                if let Some(status) = refusal {
-                    return Ok(EdgeBody::refusal(status, done));
-                }
-                let upgrade = req.version() == Version::HTTP_11
-                    && req.headers().contains_key(header::UPGRADE);
-                std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
-                let resp = if req.body().is_end_stream() {
-                    svc.call(req).await?
-                } else {
-                    // A body still to come may stall: the edge answers 408.
-                    match Answering::new(svc.call(req), edge.clone()).await {
-                        Ok(resp) => resp?,
-                        Err(refusal) => return Ok(EdgeBody::refusal(refusal, done)),
-                    }
-                };
-                if upgrade {
-                    edge.decide_upgrade(resp.status() == StatusCode::SWITCHING_PROTOCOLS);
-                }
-                Ok::<_, Infallible>(resp.map(|b| EdgeBody::new(b, done)))
-            }
-        });
+        let answers = Answers {
+            edge,
+            svc,
+            peer,
+            local,
+        };
         async move {
             // hyper (boxed: the task stays small until then) only once the
             // client has sent a head: see `EdgeIo::poll_first`.
             std::future::poll_fn(|cx| io.poll_first(cx)).await;
-            let conn = Box::pin(
-                self.builder
-                    .serve_connection_with_upgrades(TokioIo::new(io), hyper_svc),
-            );
-            if let Err(e) = conn.await {
+            let result = if self.h1_server && !io.is_tunnel() {
+                let link = Arc::new(Mutex::new(Shared::new(io)));
+                let max_headers = self.limits.max_headers;
+                let each = answers.clone();
+                let end = h1srv::serve(&link, max_headers, move |req| each.clone().answer(req)).await;
+                if end == h1srv::End::Close {
+                    h1srv::shutdown(&link).await;
+                    drop(open);
+                    return;
+                }
+                let svc = answers.hyper_service();
+                Box::pin(
+                    self.builder
+                        .serve_connection_with_upgrades(TokioIo::new(HandOff(link)), svc),
+                )
+                .await
+            } else {
+                let svc = answers.hyper_service();
+                Box::pin(
+                    self.builder
+                        .serve_connection_with_upgrades(TokioIo::new(io), svc),
+                )
+                .await
+            };
+            if let Err(e) = result {
                 tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
             }
             drop(open);
         }
+    }
+}
+
+/// What answering a client's requests takes: the service, the edge's
+/// state, the addresses.
+#[derive(Clone)]
+struct Answers<S> {
+    edge: Arc<EdgeConn>,
+    svc: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+}
+
+impl<S, B> Answers<S>
+where
+    S: Service<Request<ClientBody>, Response = Response<B>, Error = Infallible>,
+    S: Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// Answer one request: the edge's refusal if it is a stand-in, else
+    /// the service's response (or the edge's 408 if its body stalls first).
+    fn answer(
+        self,
+        mut req: Request<ClientBody>,
+    ) -> impl Future<Output = Response<EdgeBody<B>>> + Send + 'static {
+        let (refusal, done) = self.edge.begin();
+        let Answers {
+            edge,
+            mut svc,
+            peer,
+            local,
+        } = self;
+        req.extensions_mut().insert(ClientAddr(peer));
+        req.extensions_mut().insert(LocalAddr(local));
+        async move {
+            if let Some(status) = refusal {
+                return EdgeBody::refusal(status, done);
+            }
+            let upgrade =
+                req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
+            let Ok(()) = std::future::poll_fn(|cx| svc.poll_ready(cx)).await;
+            let resp = if req.body().is_end_stream() {
+                let Ok(resp) = svc.call(req).await;
+                resp
+            } else {
+                // A body still to come may stall: the edge answers 408.
+                match Answering::new(svc.call(req), edge.clone()).await {
+                    Ok(Ok(resp)) => resp,
+                    Err(refusal) => return EdgeBody::refusal(refusal, done),
+                }
+            };
+            if upgrade {
+                edge.decide_upgrade(resp.status() == StatusCode::SWITCHING_PROTOCOLS);
+            }
+            resp.map(|b| EdgeBody::new(b, done))
+        }
+    }
+
+    /// The same, as a hyper service.
+    fn hyper_service(
+        self,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<EdgeBody<B>>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<EdgeBody<B>>, Infallible>> + Send + 'static,
+    > + Clone
+           + Send
+           + 'static {
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let answer = self.clone().answer(req.map(ClientBody::hyper));
+            async move { Ok::<_, Infallible>(answer.await) }
+        })
     }
 }
 

@@ -124,6 +124,12 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
         self.limits.max_uri_bytes + self.limits.max_header_bytes + BODY_WINDOW
     }
 
+    /// Whether the connection is not (or no longer) HTTP/1: an HTTP/2
+    /// preface came, or a protocol switch happened.
+    pub(crate) fn is_tunnel(&self) -> bool {
+        matches!(self.state, State::Tunnel)
+    }
+
     /// Ready once hyper has something to read (a checked head, a refusal's
     /// stand-in, HTTP/2 bytes) or the connection is over: hyper, and its
     /// buffers, are set up only then, so that a client that is slow to
