@@ -12,9 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Incoming};
-use std::sync::Mutex;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use std::sync::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower_service::Service;
@@ -264,7 +264,8 @@ impl Server {
                 let link = Arc::new(Mutex::new(Shared::new(io)));
                 let max_headers = self.limits.max_headers;
                 let each = answers.clone();
-                let end = h1srv::serve(&link, max_headers, move |req| each.clone().answer(req)).await;
+                let end =
+                    h1srv::serve(&link, max_headers, move |req| each.clone().answer(req)).await;
                 if end == h1srv::End::Close {
                     h1srv::shutdown(&link).await;
                     drop(open);

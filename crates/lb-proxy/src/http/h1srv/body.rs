@@ -145,7 +145,9 @@ impl ReqBody {
         let mut shared = lock(&self.link);
         if shared.gen != self.gen {
             self.ended = true;
-            return Poll::Ready(Some(Err("request body read after its request was done".into())));
+            return Poll::Ready(Some(Err(
+                "request body read after its request was done".into()
+            )));
         }
         let polled = shared.poll_body(cx);
         drop(shared);
@@ -297,7 +299,11 @@ impl AsyncRead for HandOff {
 }
 
 impl tokio::io::AsyncWrite for HandOff {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut lock(&self.0).io).poll_write(cx, buf)
     }
 

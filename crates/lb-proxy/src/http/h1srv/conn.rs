@@ -157,7 +157,9 @@ where
     let len = if body.is_end_stream() {
         BodyLen::None
     } else {
-        body.size_hint().exact().map_or(BodyLen::Unknown, BodyLen::Known)
+        body.size_hint()
+            .exact()
+            .map_or(BodyLen::Unknown, BodyLen::Known)
     };
     out.clear();
     let (framing, keep_alive) = write::head(out, &parts, asked, len);
@@ -189,10 +191,8 @@ where
         };
         match frame {
             None => break,
-            Some(Err(e)) => {
-                write_all(link, out).await?;
-                return Err(e);
-            }
+            // What waits unsent is dropped, as hyper drops it.
+            Some(Err(e)) => return Err(e),
             Some(Ok(frame)) => {
                 let Ok(data) = frame.into_data() else {
                     continue;
@@ -236,7 +236,8 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    body.poll_frame(cx).map(|f| f.map(|r| r.map_err(Into::into)))
+    body.poll_frame(cx)
+        .map(|f| f.map(|r| r.map_err(Into::into)))
 }
 
 /// Queue (small) or write (large) one frame of body data.
@@ -298,4 +299,3 @@ fn poll_write(link: &Link, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<
 pub(crate) async fn shutdown(link: &Link) {
     let _ = poll_fn(|cx| Pin::new(&mut lock(link).io).poll_shutdown(cx)).await;
 }
-

@@ -172,8 +172,8 @@ fn scan<'b>(
     spans: &mut Spans,
 ) -> Result<Scan, Parsed> {
     let mut req = httparse::Request::new(&mut []);
-    let parsed =
-        httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, bytes, fields);
+    let parsed = httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, bytes, fields);
     let len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Err(Parsed::Partial),
@@ -224,7 +224,9 @@ fn fields_of(head: &Bytes, spans: &[Span]) -> Option<HeaderMap> {
 fn digits(v: &[u8]) -> Option<u64> {
     let mut n: u64 = 0;
     for b in v.trim_ascii() {
-        n = n.checked_mul(10)?.checked_add(u64::from(b.checked_sub(b'0')?))?;
+        n = n
+            .checked_mul(10)?
+            .checked_add(u64::from(b.checked_sub(b'0')?))?;
     }
     Some(n)
 }

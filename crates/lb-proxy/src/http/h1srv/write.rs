@@ -43,7 +43,12 @@ pub(crate) enum BodyLen {
 
 /// Write the head of `parts` into `out`: its framing, and whether the
 /// connection goes on after it.
-pub(crate) fn head(out: &mut Vec<u8>, parts: &Parts, asked: Asked, body: BodyLen) -> (Framing, bool) {
+pub(crate) fn head(
+    out: &mut Vec<u8>,
+    parts: &Parts,
+    asked: Asked,
+    body: BodyLen,
+) -> (Framing, bool) {
     let status = parts.status;
     let http10 = asked.version == Version::HTTP_10;
     let mut keep_alive = asked.keep_alive;
@@ -73,7 +78,11 @@ pub(crate) fn head(out: &mut Vec<u8>, parts: &Parts, asked: Asked, body: BodyLen
     if !version10 && status == StatusCode::OK {
         out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
     } else {
-        out.extend_from_slice(if version10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+        out.extend_from_slice(if version10 {
+            b"HTTP/1.0 "
+        } else {
+            b"HTTP/1.1 "
+        });
         out.extend_from_slice(status.as_str().as_bytes());
         out.push(b' ');
         out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
@@ -170,7 +179,9 @@ pub(crate) fn head(out: &mut Vec<u8>, parts: &Parts, asked: Asked, body: BodyLen
 /// Whether the request may be answered in this server at all (hyper
 /// answers 1xx from a service with 500; they never come from ours).
 fn can_have_length(status: StatusCode) -> bool {
-    !status.is_informational() && status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED
+    !status.is_informational()
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED
 }
 
 /// The tokens of the response's `Connection` fields that matter here.
@@ -205,7 +216,9 @@ fn digits(v: &[u8]) -> Option<u64> {
     }
     let mut n: u64 = 0;
     for b in v {
-        n = n.checked_mul(10)?.checked_add(u64::from(b.checked_sub(b'0').filter(|d| *d < 10)?))?;
+        n = n
+            .checked_mul(10)?
+            .checked_add(u64::from(b.checked_sub(b'0').filter(|d| *d < 10)?))?;
     }
     Some(n)
 }
@@ -308,12 +321,21 @@ mod tests {
             ..GET11
         };
         let (t, _, ka) = wrote(Response::new(()), asked, BodyLen::None);
-        assert_eq!(t, "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(
+            t,
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+        );
         assert!(!ka);
-        let r = Response::builder().header("connection", "close").body(()).unwrap();
+        let r = Response::builder()
+            .header("connection", "close")
+            .body(())
+            .unwrap();
         let (t, _, ka) = wrote(r, GET11, BodyLen::None);
         // The service's fields first, then the framing hyper adds.
-        assert_eq!(t, "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(
+            t,
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+        );
         assert!(!ka);
         let asked = Asked {
             version: Version::HTTP_10,
