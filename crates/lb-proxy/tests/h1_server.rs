@@ -412,3 +412,14 @@ async fn an_upgrade_after_a_plain_request_goes_through_hyper() {
         assert_eq!(read_all(&mut s).await, ("ping".to_owned(), false));
     }
 }
+
+#[tokio::test]
+async fn a_target_the_edge_passes_but_http_refuses_is_answered_as_hyper_does() {
+    for target in ["/a\"b", "/a{b}", "/a<b>", "/a\\b", "/a^b", "/a|b", "/a`b"] {
+        let req = format!(
+            "GET {target} HTTP/1.1\r\nHost: t\r\n\r\nGET /hello HTTP/1.1\r\nHost: t\r\n\r\n"
+        );
+        let got = both(req.as_bytes()).await;
+        assert!(!got.0.is_empty(), "{target}: answered");
+    }
+}

@@ -53,7 +53,21 @@ where
         let head = match poll_fn(|cx| poll_head(link, max_headers, cx)).await {
             Ok(Some(head)) => head,
             Ok(None) => return End::HandOff,
-            Err(end) => return end,
+            Err(Stop::Bad) => {
+                // As hyper answers a head it cannot parse.
+                let bad = Response::builder()
+                    .status(http::StatusCode::BAD_REQUEST)
+                    .body(http_body_util::Empty::<Bytes>::new())
+                    .unwrap_or_default();
+                let asked = Asked {
+                    version: http::Version::HTTP_11,
+                    head_method: false,
+                    keep_alive: false,
+                };
+                let _ = respond(link, &mut out, bad, asked).await;
+                return End::Close;
+            }
+            Err(Stop::Closed) => return End::Close,
         };
         let head::ReqHead {
             req,
@@ -91,12 +105,20 @@ where
     }
 }
 
+/// Why no request head came.
+enum Stop {
+    /// The connection ended (or failed).
+    Closed,
+    /// A head `http` cannot take.
+    Bad,
+}
+
 /// The next request head: `Ok(None)` when it is hyper's to serve.
 fn poll_head(
     link: &Link,
     max_headers: usize,
     cx: &mut Context<'_>,
-) -> Poll<Result<Option<Box<head::ReqHead>>, End>> {
+) -> Poll<Result<Option<Box<head::ReqHead>>, Stop>> {
     let mut shared = lock(link);
     loop {
         if !shared.buf.is_empty() {
@@ -105,13 +127,13 @@ fn poll_head(
                 Parsed::HandOff => return Poll::Ready(Ok(None)),
                 // The edge has checked the head: only what `http` refuses
                 // more strictly (hyper answers it 400, and closes).
-                Parsed::Bad => return Poll::Ready(Err(End::Close)),
+                Parsed::Bad => return Poll::Ready(Err(Stop::Bad)),
                 Parsed::Partial => {}
             }
         }
         match shared.poll_fill(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(End::Close)),
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(Stop::Closed)),
             Poll::Ready(Ok(_)) => {}
         }
     }
