@@ -263,9 +263,8 @@ impl Server {
             let result = if self.h1_server && !io.is_tunnel() {
                 let link = Arc::new(Mutex::new(Shared::new(io)));
                 let max_headers = self.limits.max_headers;
-                let each = answers.clone();
-                let end =
-                    h1srv::serve(&link, max_headers, move |req| each.clone().answer(req)).await;
+                let mut each = answers.clone();
+                let end = h1srv::serve(&link, max_headers, &mut each).await;
                 if end == h1srv::End::Close {
                     h1srv::shutdown(&link).await;
                     drop(open);
@@ -311,43 +310,10 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    /// Answer one request: the edge's refusal if it is a stand-in, else
-    /// the service's response (or the edge's 408 if its body stalls first).
-    fn answer(
-        self,
-        mut req: Request<ClientBody>,
-    ) -> impl Future<Output = Response<EdgeBody<B>>> + Send + 'static {
-        let (refusal, done) = self.edge.begin();
-        let Answers {
-            edge,
-            mut svc,
-            peer,
-            local,
-        } = self;
-        req.extensions_mut().insert(ClientAddr(peer));
-        req.extensions_mut().insert(LocalAddr(local));
-        async move {
-            if let Some(status) = refusal {
-                return EdgeBody::refusal(status, done);
-            }
-            let upgrade =
-                req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
-            let Ok(()) = std::future::poll_fn(|cx| svc.poll_ready(cx)).await;
-            let resp = if req.body().is_end_stream() {
-                let Ok(resp) = svc.call(req).await;
-                resp
-            } else {
-                // A body still to come may stall: the edge answers 408.
-                match Answering::new(svc.call(req), edge.clone()).await {
-                    Ok(Ok(resp)) => resp,
-                    Err(refusal) => return EdgeBody::refusal(refusal, done),
-                }
-            };
-            if upgrade {
-                edge.decide_upgrade(resp.status() == StatusCode::SWITCHING_PROTOCOLS);
-            }
-            resp.map(|b| EdgeBody::new(b, done))
-        }
+    /// Answer one request, as [`Answer::answer`](h1srv::Answer::answer)
+    /// does, owning what it takes (for hyper).
+    async fn answer_owned(mut self, req: Request<ClientBody>) -> Response<EdgeBody<B>> {
+        h1srv::Answer::answer(&mut self, req).await
     }
 
     /// The same, as a hyper service.
@@ -362,7 +328,7 @@ where
            + Send
            + 'static {
         hyper::service::service_fn(move |req: Request<Incoming>| {
-            let answer = self.clone().answer(req.map(ClientBody::hyper));
+            let answer = self.clone().answer_owned(req.map(ClientBody::hyper));
             async move { Ok::<_, Infallible>(answer.await) }
         })
     }
@@ -377,4 +343,49 @@ fn is_transient(e: &io::Error) -> bool {
     ) || e
         .raw_os_error()
         .is_some_and(|c| c == 23 || c == 24 || c == 12 || c == 105)
+}
+
+impl<S, B> h1srv::Answer for Answers<S>
+where
+    S: Service<Request<ClientBody>, Response = Response<B>, Error = Infallible>,
+    S: Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Body = EdgeBody<B>;
+
+    /// Answer one request: the edge's refusal if it is a stand-in, else
+    /// the service's response (or the edge's 408 if its body stalls first).
+    fn answer(
+        &mut self,
+        mut req: Request<ClientBody>,
+    ) -> impl Future<Output = Response<EdgeBody<B>>> + Send + '_ {
+        let (refusal, done) = self.edge.begin();
+        req.extensions_mut().insert(ClientAddr(self.peer));
+        req.extensions_mut().insert(LocalAddr(self.local));
+        async move {
+            if let Some(status) = refusal {
+                return EdgeBody::refusal(status, done);
+            }
+            let upgrade =
+                req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
+            let Ok(()) = std::future::poll_fn(|cx| self.svc.poll_ready(cx)).await;
+            let resp = if req.body().is_end_stream() {
+                let Ok(resp) = self.svc.call(req).await;
+                resp
+            } else {
+                // A body still to come may stall: the edge answers 408.
+                match Answering::new(self.svc.call(req), self.edge.clone()).await {
+                    Ok(Ok(resp)) => resp,
+                    Err(refusal) => return EdgeBody::refusal(refusal, done),
+                }
+            };
+            if upgrade {
+                self.edge
+                    .decide_upgrade(resp.status() == StatusCode::SWITCHING_PROTOCOLS);
+            }
+            resp.map(|b| EdgeBody::new(b, done))
+        }
+    }
 }

@@ -38,15 +38,25 @@ pub(crate) enum End {
     HandOff,
 }
 
+/// What turns a request into a response (the edge's refusals and timeouts
+/// included), in the connection's task.
+pub(crate) trait Answer: Send {
+    /// The response body.
+    type Body: Body<Data = Bytes> + Send;
+
+    /// The response to `req`.
+    fn answer(
+        &mut self,
+        req: Request<ClientBody>,
+    ) -> impl Future<Output = Response<Self::Body>> + Send + '_;
+}
+
 /// Serve requests on `link` until the connection ends or a request is
-/// for hyper. `answer` turns a request into a response (the edge's
-/// refusals and timeouts included).
-pub(crate) async fn serve<A, F, B>(link: &Link, max_headers: usize, mut answer: A) -> End
+/// for hyper.
+pub(crate) async fn serve<A>(link: &Link, max_headers: usize, answers: &mut A) -> End
 where
-    A: FnMut(Request<ClientBody>) -> F,
-    F: Future<Output = Response<B>>,
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
+    A: Answer,
+    <A::Body as Body>::Error: Into<BoxError>,
 {
     let mut out = Vec::new();
     loop {
@@ -74,7 +84,7 @@ where
             body,
             length,
             keep_alive,
-        } = *head;
+        } = head;
         let asked = Asked {
             version: req.version(),
             head_method: write::is_head(req.method()),
@@ -88,7 +98,7 @@ where
                 ClientBody::h1(link.clone(), shared.gen, length)
             }
         };
-        let resp = answer(req.map(|()| body)).await;
+        let resp = answers.answer(req.map(|()| body)).await;
         let keep_alive = match respond(link, &mut out, resp, asked).await {
             Ok(keep_alive) => keep_alive,
             Err(e) => {
@@ -118,7 +128,7 @@ fn poll_head(
     link: &Link,
     max_headers: usize,
     cx: &mut Context<'_>,
-) -> Poll<Result<Option<Box<head::ReqHead>>, Stop>> {
+) -> Poll<Result<Option<head::ReqHead>, Stop>> {
     let mut shared = lock(link);
     loop {
         if !shared.buf.is_empty() {

@@ -17,11 +17,13 @@ const FEW: usize = 100;
 
 /// What the front of the read buffer holds.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Parsed {
     /// Not a whole head yet.
     Partial,
     /// A request this server serves; its head taken from the buffer.
-    Request(Box<ReqHead>),
+    /// (Not boxed: it is moved once or twice, an allocation would cost more.)
+    Request(ReqHead),
     /// A request for hyper (protocol switch, `Expect`): left in the buffer.
     HandOff,
     /// A head that cannot make a request (the edge let it through, but
@@ -71,12 +73,15 @@ impl Notes {
     }
 }
 
+/// Fields whose places are kept on the stack (more go to the heap).
+const FEW_SPANS: usize = 16;
+
 /// Where a field's name and value sit in the head.
 type Span = (usize, usize, usize, usize);
 
 /// Where each field of a head sits: on the stack for the usual few.
 struct Spans {
-    few: [Span; 24],
+    few: [Span; FEW_SPANS],
     many: Vec<Span>,
     count: usize,
 }
@@ -104,7 +109,7 @@ struct Scan {
 /// the request.
 pub(crate) fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
     let mut spans = Spans {
-        few: [(0, 0, 0, 0); 24],
+        few: [(0, 0, 0, 0); FEW_SPANS],
         many: Vec::new(),
         count: 0,
     };
@@ -158,12 +163,12 @@ pub(crate) fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
     } else {
         notes.keep_alive && !notes.close
     };
-    Parsed::Request(Box::new(ReqHead {
+    Parsed::Request(ReqHead {
         req,
         body,
         length,
         keep_alive,
-    }))
+    })
 }
 
 fn scan<'b>(

@@ -23,4 +23,4 @@ mod write;
 
 pub use body::ClientBody;
 pub(crate) use body::{HandOff, Shared};
-pub(crate) use conn::{serve, shutdown, End};
+pub(crate) use conn::{serve, shutdown, Answer, End};
