@@ -262,9 +262,8 @@ impl Server {
             std::future::poll_fn(|cx| io.poll_first(cx)).await;
             let result = if self.h1_server && !io.is_tunnel() {
                 let link = Arc::new(Mutex::new(Shared::new(io)));
-                let max_headers = self.limits.max_headers;
                 let mut each = answers.clone();
-                let end = h1srv::serve(&link, max_headers, &mut each).await;
+                let end = h1srv::serve(&link, &mut each).await;
                 if end == h1srv::End::Close {
                     h1srv::shutdown(&link).await;
                     drop(open);

@@ -461,6 +461,11 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
                 Poll::Ready(Ok(())) => {
                     got = true;
                     self.body_waiting = false;
+                    if n < want {
+                        // A short read: the socket had no more (tokio has
+                        // noted as much); asking again would only say so.
+                        break;
+                    }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending if got => break,

@@ -53,14 +53,14 @@ pub(crate) trait Answer: Send {
 
 /// Serve requests on `link` until the connection ends or a request is
 /// for hyper.
-pub(crate) async fn serve<A>(link: &Link, max_headers: usize, answers: &mut A) -> End
+pub(crate) async fn serve<A>(link: &Link, answers: &mut A) -> End
 where
     A: Answer,
     <A::Body as Body>::Error: Into<BoxError>,
 {
     let mut out = Vec::new();
     loop {
-        let head = match poll_fn(|cx| poll_head(link, max_headers, cx)).await {
+        let head = match poll_fn(|cx| poll_head(link, cx)).await {
             Ok(Some(head)) => head,
             Ok(None) => return End::HandOff,
             Err(Stop::Bad) => {
@@ -124,15 +124,11 @@ enum Stop {
 }
 
 /// The next request head: `Ok(None)` when it is hyper's to serve.
-fn poll_head(
-    link: &Link,
-    max_headers: usize,
-    cx: &mut Context<'_>,
-) -> Poll<Result<Option<head::ReqHead>, Stop>> {
+fn poll_head(link: &Link, cx: &mut Context<'_>) -> Poll<Result<Option<head::ReqHead>, Stop>> {
     let mut shared = lock(link);
     loop {
         if !shared.buf.is_empty() {
-            match head::parse(&mut shared.buf, max_headers) {
+            match head::parse(&mut shared.buf) {
                 Parsed::Request(h) => return Poll::Ready(Ok(Some(h))),
                 Parsed::HandOff => return Poll::Ready(Ok(None)),
                 // The edge has checked the head: only what `http` refuses

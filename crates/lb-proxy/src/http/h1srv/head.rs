@@ -2,18 +2,12 @@
 //! into an `http::Request`: the head copied once into shared bytes, the
 //! target and field values slices of them.
 
-use std::mem::MaybeUninit;
-
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
 use super::super::h1::chunked::Decoder;
 use super::body::Reading;
-
-/// Fields most heads stay within; the field array lives on the stack up to
-/// this many (hyper's default), on the heap beyond.
-const FEW: usize = 100;
 
 /// What the front of the read buffer holds.
 #[derive(Debug)]
@@ -54,20 +48,19 @@ struct Notes {
 }
 
 impl Notes {
-    fn note(&mut self, name: &str, value: &[u8]) {
-        let n = name.as_bytes();
-        if n.len() == 14 && name.eq_ignore_ascii_case("content-length") {
+    fn note(&mut self, n: &[u8], value: &[u8]) {
+        if n.len() == 14 && n.eq_ignore_ascii_case(b"content-length") {
             self.length = digits(value);
-        } else if n.len() == 17 && name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if n.len() == 17 && n.eq_ignore_ascii_case(b"transfer-encoding") {
             self.chunked = true;
-        } else if n.len() == 10 && name.eq_ignore_ascii_case("connection") {
+        } else if n.len() == 10 && n.eq_ignore_ascii_case(b"connection") {
             for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                 self.close |= token.eq_ignore_ascii_case(b"close");
                 self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
-        } else if n.len() == 7 && name.eq_ignore_ascii_case("upgrade") {
+        } else if n.len() == 7 && n.eq_ignore_ascii_case(b"upgrade") {
             self.upgrade = true;
-        } else if n.len() == 6 && name.eq_ignore_ascii_case("expect") {
+        } else if n.len() == 6 && n.eq_ignore_ascii_case(b"expect") {
             self.expect = true;
         }
     }
@@ -87,6 +80,18 @@ struct Spans {
 }
 
 impl Spans {
+    fn push(&mut self, span: Span) {
+        if self.count < self.few.len() {
+            self.few[self.count] = span;
+        } else {
+            if self.many.is_empty() {
+                self.many.extend_from_slice(&self.few);
+            }
+            self.many.push(span);
+        }
+        self.count += 1;
+    }
+
     fn get(&self) -> &[Span] {
         if self.count <= self.few.len() {
             &self.few[..self.count]
@@ -107,20 +112,13 @@ struct Scan {
 
 /// Parse the head at the front of `buf`, taking it if this server serves
 /// the request.
-pub(crate) fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
+pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
     let mut spans = Spans {
         few: [(0, 0, 0, 0); FEW_SPANS],
         many: Vec::new(),
         count: 0,
     };
-    let scanned = if max_headers <= FEW {
-        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; FEW];
-        scan(buf, &mut fields, &mut spans)
-    } else {
-        let mut fields = Vec::new();
-        fields.resize_with(max_headers, MaybeUninit::uninit);
-        scan(buf, &mut fields, &mut spans)
-    };
+    let scanned = scan(buf, &mut spans);
     let s = match scanned {
         Ok(s) => s,
         Err(p) => return p,
@@ -171,47 +169,58 @@ pub(crate) fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
     })
 }
 
-fn scan<'b>(
-    bytes: &'b [u8],
-    fields: &mut [MaybeUninit<httparse::Header<'b>>],
-    spans: &mut Spans,
-) -> Result<Scan, Parsed> {
-    let mut req = httparse::Request::new(&mut []);
-    let parsed = httparse::ParserConfig::default()
-        .parse_request_with_uninit_headers(&mut req, bytes, fields);
-    let len = match parsed {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Err(Parsed::Partial),
-        Err(_) => return Err(Parsed::Bad),
+/// Split the head at the front of `bytes` into its parts. The edge has
+/// checked it (CR LF line ends, single spaces in the request line, `name:
+/// value` fields): this only finds where things are.
+fn scan(bytes: &[u8], spans: &mut Spans) -> Result<Scan, Parsed> {
+    let Some(lf) = line_end(bytes, 0) else {
+        return Err(Parsed::Partial);
     };
-    let base = bytes.as_ptr() as usize;
-    let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
+    let line = bytes[..lf].strip_suffix(b"\r").ok_or(Parsed::Bad)?;
+    let sp1 = line.iter().position(|b| *b == b' ').ok_or(Parsed::Bad)?;
+    let sp2 = line.iter().rposition(|b| *b == b' ').ok_or(Parsed::Bad)?;
+    let minor = match &line[sp2 + 1..] {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', m] if m.is_ascii_digit() => m - b'0',
+        _ => return Err(Parsed::Bad),
+    };
+    if sp2 <= sp1 + 1 {
         return Err(Parsed::Bad);
-    };
-    spans.count = req.headers.len();
-    if spans.count > spans.few.len() {
-        spans.many.resize(spans.count, (0, 0, 0, 0));
     }
-    let slots: &mut [Span] = if spans.count <= spans.few.len() {
-        &mut spans.few[..spans.count]
-    } else {
-        &mut spans.many
-    };
     let mut notes = Notes::default();
-    for (span, f) in slots.iter_mut().zip(req.headers.iter()) {
-        notes.note(f.name, f.value);
-        let name = f.name.as_ptr() as usize - base;
-        let value = f.value.as_ptr() as usize - base;
-        *span = (name, name + f.name.len(), value, value + f.value.len());
+    spans.count = 0;
+    let mut at = lf + 1;
+    loop {
+        let Some(lf) = line_end(bytes, at) else {
+            return Err(Parsed::Partial);
+        };
+        let field = bytes[at..lf].strip_suffix(b"\r").ok_or(Parsed::Bad)?;
+        let start = at;
+        at = lf + 1;
+        if field.is_empty() {
+            break;
+        }
+        let colon = field.iter().position(|b| *b == b':').ok_or(Parsed::Bad)?;
+        let value = field[colon + 1..].trim_ascii();
+        notes.note(&field[..colon], value);
+        let vs = value.as_ptr() as usize - bytes.as_ptr() as usize;
+        spans.push((start, start + colon, vs, vs + value.len()));
     }
-    let target = path.as_ptr() as usize - base;
     Ok(Scan {
-        len,
-        method: Method::from_bytes(method.as_bytes()).ok(),
-        target: (target, target + path.len()),
+        len: at,
+        method: Method::from_bytes(&line[..sp1]).ok(),
+        target: (sp1 + 1, sp2),
         minor,
         notes,
     })
+}
+
+/// Where the next LF is, from `from` on.
+fn line_end(bytes: &[u8], from: usize) -> Option<usize> {
+    bytes
+        .get(from..)?
+        .iter()
+        .position(|b| *b == b'\n')
+        .map(|p| from + p)
 }
 
 /// The header map of a head, values sharing its bytes.
