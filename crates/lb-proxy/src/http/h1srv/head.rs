@@ -121,7 +121,8 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
     let scanned = scan(buf, &mut spans);
     let s = match scanned {
         Ok(s) => s,
-        Err(p) => return p,
+        Err(Miss::Partial) => return Parsed::Partial,
+        Err(Miss::Bad) => return Parsed::Bad,
     };
     let version = if s.minor == 0 {
         Version::HTTP_10
@@ -169,37 +170,44 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
     })
 }
 
+/// Why a scan found no head.
+#[derive(Clone, Copy, Debug)]
+enum Miss {
+    Partial,
+    Bad,
+}
+
 /// Split the head at the front of `bytes` into its parts. The edge has
 /// checked it (CR LF line ends, single spaces in the request line, `name:
 /// value` fields): this only finds where things are.
-fn scan(bytes: &[u8], spans: &mut Spans) -> Result<Scan, Parsed> {
+fn scan(bytes: &[u8], spans: &mut Spans) -> Result<Scan, Miss> {
     let Some(lf) = line_end(bytes, 0) else {
-        return Err(Parsed::Partial);
+        return Err(Miss::Partial);
     };
-    let line = bytes[..lf].strip_suffix(b"\r").ok_or(Parsed::Bad)?;
-    let sp1 = line.iter().position(|b| *b == b' ').ok_or(Parsed::Bad)?;
-    let sp2 = line.iter().rposition(|b| *b == b' ').ok_or(Parsed::Bad)?;
+    let line = bytes[..lf].strip_suffix(b"\r").ok_or(Miss::Bad)?;
+    let sp1 = line.iter().position(|b| *b == b' ').ok_or(Miss::Bad)?;
+    let sp2 = line.iter().rposition(|b| *b == b' ').ok_or(Miss::Bad)?;
     let minor = match &line[sp2 + 1..] {
         [b'H', b'T', b'T', b'P', b'/', b'1', b'.', m] if m.is_ascii_digit() => m - b'0',
-        _ => return Err(Parsed::Bad),
+        _ => return Err(Miss::Bad),
     };
     if sp2 <= sp1 + 1 {
-        return Err(Parsed::Bad);
+        return Err(Miss::Bad);
     }
     let mut notes = Notes::default();
     spans.count = 0;
     let mut at = lf + 1;
     loop {
         let Some(lf) = line_end(bytes, at) else {
-            return Err(Parsed::Partial);
+            return Err(Miss::Partial);
         };
-        let field = bytes[at..lf].strip_suffix(b"\r").ok_or(Parsed::Bad)?;
+        let field = bytes[at..lf].strip_suffix(b"\r").ok_or(Miss::Bad)?;
         let start = at;
         at = lf + 1;
         if field.is_empty() {
             break;
         }
-        let colon = field.iter().position(|b| *b == b':').ok_or(Parsed::Bad)?;
+        let colon = field.iter().position(|b| *b == b':').ok_or(Miss::Bad)?;
         let value = field[colon + 1..].trim_ascii();
         notes.note(&field[..colon], value);
         let vs = value.as_ptr() as usize - bytes.as_ptr() as usize;
