@@ -39,6 +39,13 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 /// request is answered with its status (400, 408, 414, 417, 431, 501, 505) and
 /// its connection closed; it never reaches the service. [`EdgeStats`]
 /// counts them.
+///
+/// Plain HTTP/1 requests are then served by the proxy's own HTTP/1.1
+/// server side, in the connection's task, on the heads the edge checked;
+/// the request body is a [`ClientBody`] read from the connection as the
+/// service polls it. HTTP/2, protocol switches and `Expect: 100-continue`
+/// go to hyper's server, for the rest of their connection.
+/// [`h1_server(false)`](Server::h1_server) hands every connection to hyper.
 #[derive(Clone)]
 pub struct Server {
     builder: auto::Builder<TokioExecutor>,
