@@ -17,10 +17,15 @@ use super::super::edge::EdgeIo;
 use super::super::h1::chunked::{Decoder, Step};
 use crate::pick::BoxError;
 
-/// Bytes asked of the socket at a time, at least.
-const READ_CHUNK: usize = 16 * 1024;
+/// Room made for a body read: large enough for the edge to pass sized
+/// body bytes straight from the socket.
+pub(crate) const BODY_CHUNK: usize = 16 * 1024;
 
-/// Below this much room left in the read buffer, it grows by a chunk.
+/// Room made for reading heads: an idle keep-alive connection holds no more
+/// (the edge reads the socket in larger pieces and keeps what it checks).
+pub(crate) const HEAD_CHUNK: usize = 4 * 1024;
+
+/// Below this much room left in the read buffer, it grows.
 const MIN_ROOM: usize = 1024;
 
 /// A request body as [`Server`](super::super::Server) hands it to its
@@ -210,10 +215,15 @@ impl Shared {
         }
     }
 
-    /// Read what the client sent into `buf`: the number of bytes, 0 at EOF.
-    pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    /// Read what the client sent into `buf` (with room for at least
+    /// `room` bytes): the number of bytes, 0 at EOF.
+    pub(crate) fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        room: usize,
+    ) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < MIN_ROOM {
-            self.buf.reserve(READ_CHUNK);
+            self.buf.reserve(room);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
@@ -259,7 +269,7 @@ impl Shared {
                     }
                 },
             }
-            match self.poll_fill(cx) {
+            match self.poll_fill(cx, BODY_CHUNK) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => {
                     self.body = Reading::Failed;

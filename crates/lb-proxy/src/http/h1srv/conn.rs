@@ -11,7 +11,7 @@ use http::{Request, Response};
 use hyper::body::Body;
 use tokio::io::AsyncWrite;
 
-use super::body::{lock, ClientBody, Link, Reading};
+use super::body::{lock, ClientBody, Link, Reading, HEAD_CHUNK};
 use super::head::{self, Parsed};
 use super::write::{self, Asked, BodyLen, Framing};
 use crate::pick::BoxError;
@@ -137,7 +137,7 @@ fn poll_head(link: &Link, cx: &mut Context<'_>) -> Poll<Result<Option<head::ReqH
                 Parsed::Partial => {}
             }
         }
-        match shared.poll_fill(cx) {
+        match shared.poll_fill(cx, HEAD_CHUNK) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(Stop::Closed)),
             Poll::Ready(Ok(_)) => {}
