@@ -252,3 +252,95 @@ fn digits(v: &[u8]) -> Option<u64> {
     }
     Some(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(text: &str) -> (Parsed, usize) {
+        let mut buf = BytesMut::from(text);
+        let p = parse(&mut buf);
+        (p, buf.len())
+    }
+
+    fn request(text: &str) -> ReqHead {
+        match parsed(text).0 {
+            Parsed::Request(h) => h,
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_head_becomes_a_request_and_leaves_the_rest() {
+        let (p, left) = parsed("GET /a?b HTTP/1.1\r\nHost: x:1\r\nX-A:  v w \r\n\r\nNEXT");
+        let Parsed::Request(h) = p else {
+            panic!("{p:?}");
+        };
+        assert_eq!(left, 4, "the bytes after the head stay");
+        assert_eq!(h.req.method(), Method::GET);
+        assert_eq!(h.req.uri(), "/a?b");
+        assert_eq!(h.req.version(), Version::HTTP_11);
+        assert_eq!(h.req.headers()["host"], "x:1");
+        assert_eq!(h.req.headers()["x-a"], "v w");
+        assert!(h.keep_alive);
+        assert!(matches!(h.body, Reading::Done));
+    }
+
+    #[test]
+    fn framing_and_keep_alive() {
+        let h = request("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n");
+        assert!(matches!(h.body, Reading::Length(12)));
+        assert_eq!(h.length, Some(12));
+        let h = request("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert!(matches!(h.body, Reading::Chunked(_)));
+        assert_eq!(h.length, None);
+        assert!(!request("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!request("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        let h = request("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
+        assert!(h.keep_alive);
+        assert_eq!(h.req.version(), Version::HTTP_10);
+    }
+
+    #[test]
+    fn switches_and_expectations_are_left_for_hyper() {
+        let upgrade =
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+        assert!(matches!(parsed(upgrade), (Parsed::HandOff, n) if n == upgrade.len()));
+        let expect =
+            "PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n";
+        assert!(matches!(parsed(expect), (Parsed::HandOff, n) if n == expect.len()));
+        // HTTP/1.0 has no protocol switch: served here, `Upgrade` and all.
+        let h = request("GET / HTTP/1.0\r\nUpgrade: websocket\r\n\r\n");
+        assert!(h.req.headers().contains_key("upgrade"));
+    }
+
+    #[test]
+    fn partial_and_bad_heads() {
+        assert!(matches!(
+            parsed("GET / HTTP/1.1\r\nHost: x\r\n"),
+            (Parsed::Partial, _)
+        ));
+        assert!(matches!(parsed("GET / HTTP/1.1"), (Parsed::Partial, _)));
+        assert!(matches!(parsed("GET /\r\n\r\n"), (Parsed::Bad, _)));
+        assert!(matches!(
+            parsed("GET / HTTP/1.1\nHost: x\r\n\r\n"),
+            (Parsed::Bad, _)
+        ));
+        assert!(matches!(
+            parsed("GET / HTTP/1.1\r\nHost x\r\n\r\n"),
+            (Parsed::Bad, _)
+        ));
+    }
+
+    #[test]
+    fn many_fields_go_to_the_heap() {
+        let mut text = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+        for i in 0..40 {
+            text.push_str(&format!("X-{i}: {i}\r\n"));
+        }
+        text.push_str("\r\n");
+        let h = request(&text);
+        assert_eq!(h.req.headers().len(), 41);
+        assert_eq!(h.req.headers()["x-39"], "39");
+    }
+}
