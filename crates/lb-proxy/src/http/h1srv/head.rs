@@ -224,11 +224,7 @@ fn scan(bytes: &[u8], spans: &mut Spans) -> Result<Scan, Miss> {
 
 /// Where the next LF is, from `from` on.
 fn line_end(bytes: &[u8], from: usize) -> Option<usize> {
-    bytes
-        .get(from..)?
-        .iter()
-        .position(|b| *b == b'\n')
-        .map(|p| from + p)
+    memchr::memchr(b'\n', bytes.get(from..)?).map(|p| from + p)
 }
 
 /// The header map of a head, values sharing its bytes.
