@@ -51,28 +51,6 @@ pub(crate) fn head(
 ) -> (Framing, bool) {
     let status = parts.status;
     let http10 = asked.version == Version::HTTP_10;
-    let mut keep_alive = asked.keep_alive;
-    let mut add_keep_alive = false;
-    let mut add_close = false;
-    let says = connection_tokens(parts);
-    if http10 {
-        // hyper's `fix_keep_alive`: an HTTP/1.0 client is answered in
-        // HTTP/1.0, keep-alive only when said.
-        if !says.keep_alive {
-            if parts.version == Version::HTTP_10 {
-                keep_alive = false;
-            } else if keep_alive {
-                add_keep_alive = true;
-            }
-        }
-    } else if !keep_alive && !says.close {
-        add_close = true;
-    }
-    if says.close || status.is_informational() {
-        // A 1xx is never a final answer here (protocol switches go through
-        // hyper): the connection cannot go on after one.
-        keep_alive = false;
-    }
     let version10 = http10 || parts.version == Version::HTTP_10;
     out.reserve(64 + parts.headers.len() * 32);
     if !version10 && status == StatusCode::OK {
@@ -92,6 +70,7 @@ pub(crate) fn head(
     let can_chunk = !head_method && can_have_length(status);
     let mut framing = None;
     let mut wrote_date = false;
+    let mut says = Tokens::default();
     for (name, value) in &parts.headers {
         match *name {
             header::CONTENT_LENGTH => {
@@ -120,6 +99,7 @@ pub(crate) fn head(
                 out.extend_from_slice(b"\r\n");
                 continue;
             }
+            header::CONNECTION => says.note(value),
             header::DATE => wrote_date = true,
             _ => {}
         }
@@ -128,11 +108,24 @@ pub(crate) fn head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if add_keep_alive {
-        out.extend_from_slice(b"connection: keep-alive\r\n");
-    }
-    if add_close {
+    let mut keep_alive = asked.keep_alive;
+    if http10 {
+        // hyper's `fix_keep_alive`: an HTTP/1.0 client is answered in
+        // HTTP/1.0, keep-alive only when said.
+        if !says.keep_alive {
+            if parts.version == Version::HTTP_10 {
+                keep_alive = false;
+            } else if keep_alive {
+                out.extend_from_slice(b"connection: keep-alive\r\n");
+            }
+        }
+    } else if !keep_alive && !says.close {
         out.extend_from_slice(b"connection: close\r\n");
+    }
+    if says.close || status.is_informational() {
+        // A 1xx is never a final answer here (protocol switches go through
+        // hyper): the connection cannot go on after one.
+        keep_alive = false;
     }
     let framing = match framing {
         Some(f) => f,
@@ -191,15 +184,13 @@ struct Tokens {
     keep_alive: bool,
 }
 
-fn connection_tokens(parts: &Parts) -> Tokens {
-    let mut t = Tokens::default();
-    for v in parts.headers.get_all(header::CONNECTION) {
+impl Tokens {
+    fn note(&mut self, v: &HeaderValue) {
         for token in v.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-            t.close |= token.eq_ignore_ascii_case(b"close");
-            t.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            self.close |= token.eq_ignore_ascii_case(b"close");
+            self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
         }
     }
-    t
 }
 
 fn ends_chunked(v: &HeaderValue) -> bool {
