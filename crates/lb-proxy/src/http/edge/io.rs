@@ -258,6 +258,10 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
         while self.raw.starts_with(b"\r\n") {
             self.raw.advance(2);
         }
+        if self.raw.is_empty() {
+            // Nothing to parse yet (the parse would say as much).
+            return false;
+        }
         let parsed = match head::parse(&self.raw, &self.limits) {
             Ok(Some(h)) => h,
             Ok(None) if self.raw.len() > self.raw_cap() => {
