@@ -124,6 +124,11 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
         self.limits.max_uri_bytes + self.limits.max_header_bytes + BODY_WINDOW
     }
 
+    /// See [`EdgeConn::forget_reader`].
+    pub(crate) fn forget_reader(&self) {
+        self.conn.forget_reader();
+    }
+
     /// Whether the connection is not (or no longer) HTTP/1: an HTTP/2
     /// preface came, or a protocol switch happened.
     pub(crate) fn is_tunnel(&self) -> bool {

@@ -99,6 +99,9 @@ where
             }
         };
         let resp = answers.answer(req.map(|()| body)).await;
+        // The next head is read once this response is out: the response's
+        // end need not wake this task.
+        lock(link).io.forget_reader();
         let keep_alive = match respond(link, &mut out, resp, asked).await {
             Ok(keep_alive) => keep_alive,
             Err(e) => {
