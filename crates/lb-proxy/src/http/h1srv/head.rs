@@ -2,7 +2,7 @@
 //! into an `http::Request`: the head copied once into shared bytes, the
 //! target and field values slices of them.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
@@ -135,8 +135,10 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
     if s.notes.expect || s.notes.upgrade && version == Version::HTTP_11 {
         return Parsed::HandOff;
     }
-    let head = Bytes::copy_from_slice(&buf[..s.len]);
-    buf.advance(s.len);
+    // Split off, not copied: once the read buffer is shared (the first
+    // head), later heads cost no allocation, and the buffer is reused in
+    // place once their requests are gone.
+    let head = buf.split_to(s.len).freeze();
     let Some(method) = s.method else {
         return Parsed::Bad;
     };
