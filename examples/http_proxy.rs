@@ -210,7 +210,11 @@ async fn start(config: &Config) -> Result<Running, String> {
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let listen = listener.local_addr().map_err(|e| e.to_string())?;
     // Strict HTTP/1.1 parsing, the header timeout (408) and client limits.
-    let server = config.server();
+    // LB_HYPER_SERVER=1 in the environment serves plain HTTP/1 requests
+    // with hyper's server rather than the proxy's own (to compare the two,
+    // e.g. with benches/callgrind_http.sh).
+    let own = std::env::var_os("LB_HYPER_SERVER").is_none_or(|v| v != "1");
+    let server = config.server().h1_server(own);
     let mut tasks = vec![tokio::spawn(server.clone().serve(listener, svc))];
     let mut admin = None;
     if let Some(addr) = config.admin {

@@ -35,7 +35,7 @@
 //! for name in ["a", "b"] {
 //!     let listener = TcpListener::bind("127.0.0.1:0").await?;
 //!     pool.add(Backend::new(name, listener.local_addr()?))?;
-//!     let hello = tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| async move {
+//!     let hello = tower::service_fn(move |_req: http::Request<lb_proxy::http::ClientBody>| async move {
 //!         Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(name))))
 //!     });
 //!     tokio::spawn(Server::new().serve(listener, hello));

@@ -221,7 +221,7 @@ fn services_and_futures_are_shareable() {
     shareable::<lb_proxy::http::Proxy>();
     shareable::<lb_proxy::Balance<lb_proxy::http::Forward>>();
     shareable::<lb_proxy::BalanceLayer>();
-    sendable::<lb_proxy::ResponseFuture<lb_proxy::http::Forward, hyper::body::Incoming>>();
+    sendable::<lb_proxy::ResponseFuture<lb_proxy::http::Forward, lb_proxy::http::ClientBody>>();
 }
 
 /// Read `s` until the end of a response head; the head.

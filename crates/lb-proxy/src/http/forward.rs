@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, Parts};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use lb_core::{Observer, Outcome};
 use tower_service::Service;
 
@@ -133,7 +133,7 @@ impl Default for ForwardConfig {
 ///   counted on the backend until either side closes.
 /// - Errors say how the attempt failed ([`OutcomeError`]), so
 ///   [`Balance`](crate::Balance) can report and retry.
-pub struct Forward<B = Incoming> {
+pub struct Forward<B = super::ClientBody> {
     pool: Pool<UpstreamBody<B>>,
     h1: H1Pool,
     config: Arc<ForwardConfig>,

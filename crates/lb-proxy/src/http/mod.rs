@@ -21,7 +21,6 @@
 //! # }
 //! ```
 
-use hyper::body::Incoming;
 use tower_layer::Layer;
 
 mod body;
@@ -29,6 +28,7 @@ mod deadline;
 pub mod edge;
 mod forward;
 mod h1;
+mod h1srv;
 pub(crate) mod headers;
 mod idle;
 mod pages;
@@ -41,6 +41,7 @@ pub use body::BackendBody;
 pub use edge::{EdgeStats, Limits};
 pub use forward::{Forward, ForwardConfig, ForwardFuture, HostHeader, SlowResponse};
 pub use h1::H1Body;
+pub use h1srv::ClientBody;
 pub use headers::{X_FORWARDED_FOR, X_FORWARDED_PROTO};
 pub use idle::IdleBody;
 pub use pages::{error_text, text_response, ErrorPages, ErrorPagesLayer, PagesFuture, ProxyBody};
@@ -51,7 +52,7 @@ use crate::pick::{Balance, BalanceLayer};
 
 /// A whole HTTP load balancer as one service: errors answered, requests
 /// balanced, forwarded to the chosen backend.
-pub type Proxy = ErrorPages<Balance<Forward<Incoming>>>;
+pub type Proxy = ErrorPages<Balance<Forward<ClientBody>>>;
 
 /// Build a [`Proxy`] from a balancing layer and forwarding settings.
 pub fn proxy(balance: BalanceLayer, forward: ForwardConfig) -> Proxy {

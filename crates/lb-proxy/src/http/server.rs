@@ -14,11 +14,13 @@ use http::{header, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use std::sync::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower_service::Service;
 
 use super::edge::{Answering, EdgeBody, EdgeConn, EdgeIo, EdgeStats, Limits};
+use super::h1srv::{self, ClientBody, HandOff, Shared};
 use crate::pick::{BoxError, ClientAddr, LocalAddr};
 
 /// hyper's limit on header fields when none is set (`DEFAULT_MAX_HEADERS`).
@@ -37,17 +39,26 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 /// request is answered with its status (400, 408, 414, 417, 431, 501, 505) and
 /// its connection closed; it never reaches the service. [`EdgeStats`]
 /// counts them.
+///
+/// Plain HTTP/1 requests are then served by the proxy's own HTTP/1.1
+/// server side, in the connection's task, on the heads the edge checked;
+/// the request body is a [`ClientBody`] read from the connection as the
+/// service polls it. HTTP/2, protocol switches and `Expect: 100-continue`
+/// go to hyper's server, for the rest of their connection.
+/// [`h1_server(false)`](Server::h1_server) hands every connection to hyper.
 #[derive(Clone)]
 pub struct Server {
     builder: auto::Builder<TokioExecutor>,
     limits: Limits,
     stats: Arc<EdgeStats>,
+    h1_server: bool,
 }
 
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("limits", &self.limits)
+            .field("h1_server", &self.h1_server)
             .finish_non_exhaustive()
     }
 }
@@ -73,6 +84,7 @@ impl Server {
             builder,
             limits: Limits::default(),
             stats: Arc::default(),
+            h1_server: true,
         }
         .with_limits(Limits::default())
     }
@@ -98,6 +110,16 @@ impl Server {
         if self.limits.max_headers > HYPER_DEFAULT_MAX_HEADERS {
             self.builder.http1().max_headers(self.limits.max_headers);
         }
+        self
+    }
+
+    /// Whether plain HTTP/1 requests are served by the proxy's own
+    /// HTTP/1.1 server (the default) rather than hyper's. Either way HTTP/2,
+    /// protocol switches and `Expect: 100-continue` go through hyper's (on
+    /// the own server's connections from the request that asks for them
+    /// on), and the edge checks every HTTP/1 request first.
+    pub fn h1_server(mut self, on: bool) -> Self {
+        self.h1_server = on;
         self
     }
 
@@ -166,7 +188,7 @@ impl Server {
     /// one closes.
     pub async fn serve<S, B>(self, listener: TcpListener, svc: S) -> io::Error
     where
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+        S: Service<Request<ClientBody>, Response = Response<B>, Error = Infallible>,
         S: Clone + Send + 'static,
         S::Future: Send + 'static,
         B: Body<Data = Bytes> + Send + 'static,
@@ -225,7 +247,7 @@ impl Server {
         svc: S,
     ) -> impl Future<Output = ()> + Send + 'static
     where
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+        S: Service<Request<ClientBody>, Response = Response<B>, Error = Infallible>,
         S: Clone + Send + 'static,
         S::Future: Send + 'static,
         B: Body<Data = Bytes> + Send + 'static,
@@ -235,47 +257,86 @@ impl Server {
         let open = self.stats.open_guard();
         let edge = Arc::new(EdgeConn::default());
         let mut io = EdgeIo::new(stream, edge.clone(), self.limits, self.stats.clone());
-        let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            let (refusal, done) = edge.begin();
-            let edge = edge.clone();
-            req.extensions_mut().insert(ClientAddr(peer));
-            req.extensions_mut().insert(LocalAddr(local));
-            let mut svc = svc.clone();
-            async move {
-                if let Some(status) = refusal {
-                    return Ok(EdgeBody::refusal(status, done));
-                }
-                let upgrade = req.version() == Version::HTTP_11
-                    && req.headers().contains_key(header::UPGRADE);
-                std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
-                let resp = if req.body().is_end_stream() {
-                    svc.call(req).await?
-                } else {
-                    // A body still to come may stall: the edge answers 408.
-                    match Answering::new(svc.call(req), edge.clone()).await {
-                        Ok(resp) => resp?,
-                        Err(refusal) => return Ok(EdgeBody::refusal(refusal, done)),
-                    }
-                };
-                if upgrade {
-                    edge.decide_upgrade(resp.status() == StatusCode::SWITCHING_PROTOCOLS);
-                }
-                Ok::<_, Infallible>(resp.map(|b| EdgeBody::new(b, done)))
-            }
-        });
+        let answers = Answers {
+            edge,
+            svc,
+            peer,
+            local,
+        };
         async move {
             // hyper (boxed: the task stays small until then) only once the
             // client has sent a head: see `EdgeIo::poll_first`.
             std::future::poll_fn(|cx| io.poll_first(cx)).await;
-            let conn = Box::pin(
-                self.builder
-                    .serve_connection_with_upgrades(TokioIo::new(io), hyper_svc),
-            );
-            if let Err(e) = conn.await {
+            let result = if self.h1_server && !io.is_tunnel() {
+                let link = Arc::new(Mutex::new(Shared::new(io)));
+                let mut each = answers.clone();
+                let end = h1srv::serve(&link, &mut each).await;
+                if end == h1srv::End::Close {
+                    h1srv::shutdown(&link).await;
+                    drop(open);
+                    return;
+                }
+                let svc = answers.hyper_service();
+                Box::pin(
+                    self.builder
+                        .serve_connection_with_upgrades(TokioIo::new(HandOff(link)), svc),
+                )
+                .await
+            } else {
+                let svc = answers.hyper_service();
+                Box::pin(
+                    self.builder
+                        .serve_connection_with_upgrades(TokioIo::new(io), svc),
+                )
+                .await
+            };
+            if let Err(e) = result {
                 tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
             }
             drop(open);
         }
+    }
+}
+
+/// What answering a client's requests takes: the service, the edge's
+/// state, the addresses.
+#[derive(Clone)]
+struct Answers<S> {
+    edge: Arc<EdgeConn>,
+    svc: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+}
+
+impl<S, B> Answers<S>
+where
+    S: Service<Request<ClientBody>, Response = Response<B>, Error = Infallible>,
+    S: Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// Answer one request, as [`Answer::answer`](h1srv::Answer::answer)
+    /// does, owning what it takes (for hyper).
+    async fn answer_owned(mut self, req: Request<ClientBody>) -> Response<EdgeBody<B>> {
+        h1srv::Answer::answer(&mut self, req).await
+    }
+
+    /// The same, as a hyper service.
+    fn hyper_service(
+        self,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<EdgeBody<B>>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<EdgeBody<B>>, Infallible>> + Send + 'static,
+    > + Clone
+           + Send
+           + 'static {
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let answer = self.clone().answer_owned(req.map(ClientBody::hyper));
+            async move { Ok::<_, Infallible>(answer.await) }
+        })
     }
 }
 
@@ -288,4 +349,49 @@ fn is_transient(e: &io::Error) -> bool {
     ) || e
         .raw_os_error()
         .is_some_and(|c| c == 23 || c == 24 || c == 12 || c == 105)
+}
+
+impl<S, B> h1srv::Answer for Answers<S>
+where
+    S: Service<Request<ClientBody>, Response = Response<B>, Error = Infallible>,
+    S: Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Body = EdgeBody<B>;
+
+    /// Answer one request: the edge's refusal if it is a stand-in, else
+    /// the service's response (or the edge's 408 if its body stalls first).
+    fn answer(
+        &mut self,
+        mut req: Request<ClientBody>,
+    ) -> impl Future<Output = Response<EdgeBody<B>>> + Send + '_ {
+        let (refusal, done) = self.edge.begin();
+        req.extensions_mut().insert(ClientAddr(self.peer));
+        req.extensions_mut().insert(LocalAddr(self.local));
+        async move {
+            if let Some(status) = refusal {
+                return EdgeBody::refusal(status, done);
+            }
+            let upgrade =
+                req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
+            let Ok(()) = std::future::poll_fn(|cx| self.svc.poll_ready(cx)).await;
+            let resp = if req.body().is_end_stream() {
+                let Ok(resp) = self.svc.call(req).await;
+                resp
+            } else {
+                // A body still to come may stall: the edge answers 408.
+                match Answering::new(self.svc.call(req), self.edge.clone()).await {
+                    Ok(Ok(resp)) => resp,
+                    Err(refusal) => return EdgeBody::refusal(refusal, done),
+                }
+            };
+            if upgrade {
+                self.edge
+                    .decide_upgrade(resp.status() == StatusCode::SWITCHING_PROTOCOLS);
+            }
+            resp.map(|b| EdgeBody::new(b, done))
+        }
+    }
 }

@@ -46,7 +46,7 @@ const LINE_SLACK: usize = 64;
 /// Parse the request head at the start of `buf` (leading empty lines
 /// already skipped): `Ok(None)` while it is incomplete and within limits.
 pub(crate) fn parse(buf: &[u8], limits: &Limits) -> Result<Option<Head>, Reject> {
-    let Some(lf) = buf.iter().position(|b| *b == b'\n') else {
+    let Some(lf) = memchr::memchr(b'\n', buf) else {
         check_partial_line(buf, limits)?;
         return Ok(None);
     };
@@ -56,7 +56,7 @@ pub(crate) fn parse(buf: &[u8], limits: &Limits) -> Result<Option<Head>, Reject>
     let mut at = lf + 1;
     loop {
         let rest = &buf[at..];
-        let Some(lf) = rest.iter().position(|b| *b == b'\n') else {
+        let Some(lf) = memchr::memchr(b'\n', rest) else {
             if at - (line.len() + 2) + rest.len() > limits.max_header_bytes {
                 return Err(too_large("header block over the limit"));
             }
@@ -112,7 +112,7 @@ fn crlf_line(line: &[u8]) -> Result<&[u8], Reject> {
     let Some(line) = line.strip_suffix(b"\r") else {
         return Err(bad("line ended by a bare LF"));
     };
-    if line.contains(&b'\r') {
+    if memchr::memchr(b'\r', line).is_some() {
         return Err(bad("bare CR"));
     }
     Ok(line)

@@ -124,6 +124,17 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
         self.limits.max_uri_bytes + self.limits.max_header_bytes + BODY_WINDOW
     }
 
+    /// See [`EdgeConn::forget_reader`].
+    pub(crate) fn forget_reader(&self) {
+        self.conn.forget_reader();
+    }
+
+    /// Whether the connection is not (or no longer) HTTP/1: an HTTP/2
+    /// preface came, or a protocol switch happened.
+    pub(crate) fn is_tunnel(&self) -> bool {
+        matches!(self.state, State::Tunnel)
+    }
+
     /// Ready once hyper has something to read (a checked head, a refusal's
     /// stand-in, HTTP/2 bytes) or the connection is over: hyper, and its
     /// buffers, are set up only then, so that a client that is slow to
@@ -251,6 +262,10 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
         // RFC 9112 §2.2: empty lines before a request line are ignored.
         while self.raw.starts_with(b"\r\n") {
             self.raw.advance(2);
+        }
+        if self.raw.is_empty() {
+            // Nothing to parse yet (the parse would say as much).
+            return false;
         }
         let parsed = match head::parse(&self.raw, &self.limits) {
             Ok(Some(h)) => h,
@@ -455,6 +470,11 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
                 Poll::Ready(Ok(())) => {
                     got = true;
                     self.body_waiting = false;
+                    if n < want {
+                        // A short read: the socket had no more (tokio has
+                        // noted as much); asking again would only say so.
+                        break;
+                    }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending if got => break,

@@ -93,6 +93,14 @@ impl EdgeConn {
         }
     }
 
+    /// Forget the reader's waker: for a reader that will look again by
+    /// itself (the own server, which reads the next head only after the
+    /// response), so that the end of a response does not wake it for
+    /// nothing.
+    pub(crate) fn forget_reader(&self) {
+        drop(self.reader.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+
     fn wake(&self) {
         let waker = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(w) = waker {

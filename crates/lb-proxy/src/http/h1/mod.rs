@@ -23,7 +23,7 @@
 use http::{header, HeaderMap, Method};
 
 pub(crate) mod body;
-mod chunked;
+pub(crate) mod chunked;
 pub(crate) mod exchange;
 pub(crate) mod pool;
 mod read;
