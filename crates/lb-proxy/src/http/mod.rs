@@ -33,6 +33,7 @@ pub(crate) mod headers;
 mod idle;
 mod pages;
 mod pool;
+mod readsize;
 mod redirect;
 mod server;
 mod upgrade;

@@ -18,7 +18,6 @@ use super::write::{PollUpload, UploadError};
 use crate::pick::BoxError;
 
 /// Bytes asked of the socket at a time, at least.
-const READ_CHUNK: usize = 16 * 1024;
 
 /// A backend's response body, read by the proxy's own HTTP/1.1 client.
 ///
@@ -239,11 +238,7 @@ impl Stream {
 }
 
 /// Read what the socket has into the connection's buffer: the count, 0 at
-/// the end of the stream. Through `AsyncRead`, so that a short read marks
-/// the socket drained (no extra read to learn it would block).
+/// the end of the stream (reads grow through a bulk body: `ReadSize`).
 pub(crate) fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-    if conn.buf.capacity() - conn.buf.len() < READ_CHUNK / 4 {
-        conn.buf.reserve(READ_CHUNK);
-    }
-    tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)
+    conn.read_size.poll_fill(&mut conn.io, &mut conn.buf, cx)
 }

@@ -17,6 +17,7 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 
 use crate::http::pool::{connect, IdlePool, Reusable};
+use crate::http::readsize::ReadSize;
 use crate::pick::BoxError;
 
 /// The read buffer a new connection starts with.
@@ -27,6 +28,8 @@ const READ_BUF: usize = 8 * 1024;
 pub(crate) struct Conn {
     pub(crate) io: TcpStream,
     pub(crate) buf: BytesMut,
+    /// How much the next read takes.
+    pub(crate) read_size: ReadSize,
 }
 
 /// Idle connections, shared by every clone of a `Forward`.
@@ -74,6 +77,7 @@ impl H1Pool {
         Ok(Conn {
             io,
             buf: BytesMut::with_capacity(READ_BUF),
+            read_size: ReadSize::default(),
         })
     }
 }

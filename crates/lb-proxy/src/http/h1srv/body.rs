@@ -15,11 +15,8 @@ use tokio::net::TcpStream;
 
 use super::super::edge::EdgeIo;
 use super::super::h1::chunked::{Decoder, Step};
+use super::super::readsize::ReadSize;
 use crate::pick::BoxError;
-
-/// Room made for a body read: large enough for the edge to pass sized
-/// body bytes straight from the socket.
-pub(crate) const BODY_CHUNK: usize = 16 * 1024;
 
 /// Room made for reading heads: an idle keep-alive connection holds no more
 /// (the edge reads the socket in larger pieces and keeps what it checks).
@@ -197,6 +194,9 @@ pub(crate) struct Shared {
     pub(crate) body: Reading,
     /// The request whose body is read now.
     pub(crate) gen: u64,
+    /// How much a body read takes (growing through a bulk upload, so that
+    /// it comes in few large frames, passed on without a copy).
+    body_read: ReadSize,
 }
 
 /// Lock the connection (a poisoned lock is taken as is: every change under
@@ -212,6 +212,7 @@ impl Shared {
             buf: BytesMut::new(),
             body: Reading::Done,
             gen: 0,
+            body_read: ReadSize::default(),
         }
     }
 
@@ -269,7 +270,7 @@ impl Shared {
                     }
                 },
             }
-            match self.poll_fill(cx, BODY_CHUNK) {
+            match self.body_read.poll_fill(&mut self.io, &mut self.buf, cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => {
                     self.body = Reading::Failed;
