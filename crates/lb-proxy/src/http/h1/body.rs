@@ -17,8 +17,6 @@ use super::read::{broken, Kind};
 use super::write::{PollUpload, UploadError};
 use crate::pick::BoxError;
 
-/// Bytes asked of the socket at a time, at least.
-
 /// A backend's response body, read by the proxy's own HTTP/1.1 client.
 ///
 /// Small bodies that came with the head are held whole (their connection
