@@ -9,7 +9,8 @@
 # nginx (worker_processes 1, upstream keepalive), HAProxy (mode http,
 # balance roundrobin, http-reuse always, nbthread 1) and examples/http_proxy
 # (--threads 1, scheduler rr) in front of them, each in turn (A B C A B C),
-# with `wrk --latency` as the client: requests/s, p50 and p99.
+# with `wrk --latency` as the client: requests/s, p50 and p99, and the
+# proxy's CPU time (user + system) per request over the measured window.
 # TCP: HAProxy (mode tcp, option splice-auto), nginx (stream, if its
 # module installs) and examples/tcp_proxy (--threads 1; splice(2) for bulk
 # transfers, its default): throughput with iperf3 through the proxy,
@@ -169,31 +170,47 @@ start_named() {
 
 # === measuring ===
 
-# wrk_run URL [wrk options]: "rps p50_ms p99_ms errors" of one measurement.
+# proxy_ticks: CPU time (user + system, clock ticks) of the running proxy's
+# processes so far.
+proxy_ticks() {
+    local p t=0
+    for p in ${PROXY_PIDS:-}; do
+        t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$t"
+}
+HZ=$(getconf CLK_TCK)
+
+# wrk_run URL [wrk options]: "rps p50_ms p99_ms errors cpu_us" of one
+# measurement, cpu_us the proxy's CPU time (user + system) per request in
+# microseconds: what a request costs it, whatever else the machine does.
 wrk_run() {
-    local url=$1 out=$TMP/wrk.out
+    local url=$1 out=$TMP/wrk.out before after
     shift
     if [ "$WARMUP" != 0 ]; then
         timeout -k 5 $((WARMUP + 30)) taskset -c "$LOAD_CPU" \
             wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$@" "$url" >/dev/null 2>&1 || true
     fi
+    before=$(proxy_ticks)
     timeout -k 5 $((DURATION + 30)) taskset -c "$LOAD_CPU" \
         wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url" >"$out" 2>&1 || true
-    awk '
+    after=$(proxy_ticks)
+    awk -v ticks=$((after - before)) -v hz="$HZ" '
         function ms(v) {
             if (v ~ /us$/) return v / 1000
             if (v ~ /ms$/) return v + 0
             if (v ~ /s$/) return v * 1000
             return v * 60000
         }
+        /requests in/ { reqs = $1 }
         /Requests\/sec:/ { rps = $2 }
         /^ +50%/ { p50 = ms($2) }
         /^ +99%/ { p99 = ms($2) }
         /Socket errors:/ { gsub(",", ""); err += $4 + $6 + $8 + $10 }
         /Non-2xx or 3xx/ { err += $NF }
         END {
-            if (rps == "") { print "- - - -"; exit }
-            printf "%.0f %.3f %.3f %d\n", rps, p50, p99, err
+            if (rps == "") { print "- - - - -"; exit }
+            printf "%.0f %.3f %.3f %d %.2f\n", rps, p50, p99, err, (reqs ? ticks / hz * 1e6 / reqs : 0)
         }' "$out"
 }
 
@@ -298,7 +315,7 @@ echo "=== proxy_compare: proxy on CPU $PROXY_CPU, clients and backends on CPU $L
 if [ "$HTTP" != 0 ]; then
     echo
     echo "HTTP, wrk -t1 -c$CONNS, GET of a 3-byte body, 3 backends (direct to one backend: $direct)"
-    report http "req/s" "p50_ms" "p99_ms" "errors"
+    report http "req/s" "p50_ms" "p99_ms" "errors" "cpu_us/req"
 fi
 if [ "$TCP" != 0 ]; then
     echo
@@ -306,7 +323,8 @@ if [ "$TCP" != 0 ]; then
     report iperf "Mbit/s"
     echo
     echo "TCP connection rate, wrk -t1 -c$CONNS with Connection: close through the proxy"
-    report connrate "conn/s" "p50_ms" "p99_ms" "errors"
+    report connrate "conn/s" "p50_ms" "p99_ms" "errors" "cpu_us/conn"
 fi
 echo
-echo "(ratios: lb's value over the other's; above 1 is better for req/s, conn/s, Mbit/s; below 1 is better for latency)"
+echo "(ratios: lb's value over the other's; above 1 is better for req/s, conn/s, Mbit/s; below 1 is better for latency and CPU time)"
+echo "(cpu_us: the proxy's CPU time, user + system, per request or connection, over the measured window)"

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use lb_core::{ConnGuard, Counters};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -145,15 +146,19 @@ where
         }
         activity.touch();
     };
-    let mut buf = vec![0u8; BUF_SIZE];
+    // Not zeroed: a read fills what it returns (a short connection does not
+    // pay for clearing 16 KiB it never uses).
+    let mut buf = BytesMut::with_capacity(BUF_SIZE);
     loop {
-        let n = from.read(&mut buf).await?;
+        buf.clear();
+        let room = buf.capacity();
+        let n = from.read_buf(&mut buf).await?;
         if n == 0 {
             return to.shutdown().await;
         }
         to.write_all(&buf[..n]).await?;
         account(n as u64);
-        if n == buf.len() {
+        if n == room {
             #[cfg(target_os = "linux")]
             if splice {
                 if let (Some(r), Some(w), Some(pipe)) =
@@ -164,8 +169,8 @@ where
                     return to.shutdown().await;
                 }
             }
-            if n < BULK_BUF_SIZE {
-                buf.resize(BULK_BUF_SIZE, 0);
+            if room < BULK_BUF_SIZE {
+                buf = BytesMut::with_capacity(BULK_BUF_SIZE);
             }
         }
     }
