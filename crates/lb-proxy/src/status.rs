@@ -124,7 +124,7 @@ fn health(m: &Member) -> String {
 ///
 /// ```text
 /// Edge open=3 accepted=120 limit_waits=0 header_timeouts=2 body_timeouts=0 idle_closed=5 bad_bodies=0 unanswered=0
-/// Edge rejected 400=4 408=2 414=0 417=0 431=1 501=0 505=0
+/// Edge rejected 400=4 408=2 413=0 414=0 417=0 431=1 501=0 505=0
 /// ```
 pub fn table(s: &Service<'_>) -> String {
     let mut out = String::with_capacity(256 + 128 * s.snapshot.len());
@@ -475,13 +475,13 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("\nEdge rejected 400=2 408=0 414=0 417=1 431=0 501=0 505=0\n"),
+            t.contains("\nEdge rejected 400=2 408=0 413=0 414=0 417=1 431=0 501=0 505=0\n"),
             "{t}"
         );
         let j = json(&s);
         assert!(j.ends_with("],\"edge\":{\"open\":1,\"accepted\":1,\"limit_waits\":0,\"header_timeouts\":1,\
             \"body_timeouts\":0,\"idle_closed\":0,\"bad_bodies\":0,\"unanswered\":0,\
-            \"rejected\":{\"400\":2,\"408\":0,\"414\":0,\"417\":1,\"431\":0,\"501\":0,\"505\":0}}}\n"), "{j}");
+            \"rejected\":{\"400\":2,\"408\":0,\"413\":0,\"414\":0,\"417\":1,\"431\":0,\"501\":0,\"505\":0}}}\n"), "{j}");
         let p = prometheus(&s);
         assert!(
             p.contains("\nlb_edge_rejected_total{status=\"400\"} 2\n"),

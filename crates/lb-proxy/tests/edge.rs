@@ -190,6 +190,38 @@ async fn configured_limits_answer_414_and_431() {
 }
 
 #[tokio::test]
+async fn a_body_over_max_body_bytes_is_answered_413_and_never_forwarded() {
+    let p = probe().await;
+    let server = Server::new().with_limits(lb_proxy::http::Limits {
+        max_body_bytes: Some(100),
+        ..Default::default()
+    });
+    let stats = server.stats();
+    let proxy = proxy_with(&p, server).await;
+    let go = |raw: Vec<u8>| async move { exchange(proxy.addr, &raw, 1, STEP).await };
+    let sized = |n: usize| {
+        let mut r =
+            format!("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {n}\r\n\r\n").into_bytes();
+        r.extend(std::iter::repeat_n(b'x', n));
+        r
+    };
+    let chunked = |n: usize| {
+        let mut r =
+            format!("POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{n:x}\r\n")
+                .into_bytes();
+        r.extend(std::iter::repeat_n(b'x', n));
+        r.extend_from_slice(b"\r\n0\r\n\r\n");
+        r
+    };
+    assert_eq!(go(sized(101)).await, Answer::Statuses(vec![413], true));
+    assert_eq!(go(sized(100)).await, Answer::Statuses(vec![200], false));
+    assert_eq!(go(chunked(101)).await, Answer::Statuses(vec![413], true));
+    assert_eq!(go(chunked(100)).await, Answer::Statuses(vec![200], false));
+    assert_eq!(stats.rejected(StatusCode::PAYLOAD_TOO_LARGE), 2);
+    assert_eq!(p.seen.started.lock().len(), 2, "only the two that fit");
+}
+
+#[tokio::test]
 async fn beyond_max_connections_clients_wait_for_a_slot() {
     let p = probe().await;
     let server = Server::new().max_connections(2);

@@ -183,12 +183,12 @@ async fn the_admin_api_reports_what_the_edge_refused() {
     );
     let json = get("/status?format=json");
     assert!(
-        json.contains("\"rejected\":{\"400\":1,\"408\":1,\"414\":1,\"417\":1,"),
+        json.contains("\"rejected\":{\"400\":1,\"408\":1,\"413\":0,\"414\":1,\"417\":1,"),
         "{json}"
     );
     let text = get("/status");
     assert!(
-        text.contains("Edge rejected 400=1 408=1 414=1 417=1 431=0"),
+        text.contains("Edge rejected 400=1 408=1 413=0 414=1 417=1 431=0"),
         "{text}"
     );
     assert_eq!(stats.rejected_total(), 4);

@@ -26,6 +26,7 @@
 //! max_uri_bytes = 8192              # the request target: 414 beyond
 //! max_header_bytes = 32768          # the header block: 431 beyond
 //! max_headers = 100                 # header fields: 431 beyond
+//! max_body_mib = 0                  # a request body, MiB (client_max_body_size): 413 beyond (0 = no limit)
 //!
 //! [retry]                           # proxy_next_upstream*
 //! tries = 3
@@ -180,6 +181,9 @@ pub struct ClientLimits {
     pub max_header_bytes: u32,
     /// The most header fields, `1..=1000`.
     pub max_headers: u32,
+    /// The largest request body in MiB, as nginx's `client_max_body_size`
+    /// (0 = no limit, the default).
+    pub max_body_mib: u32,
 }
 
 impl Default for ClientLimits {
@@ -191,6 +195,7 @@ impl Default for ClientLimits {
             max_uri_bytes: int(l.max_uri_bytes),
             max_header_bytes: int(l.max_header_bytes),
             max_headers: int(l.max_headers),
+            max_body_mib: 0,
         }
     }
 }
@@ -460,6 +465,7 @@ impl Config {
             max_header_bytes: l.max_header_bytes as usize,
             max_headers: l.max_headers as usize,
             max_connections: (l.max_connections > 0).then_some(l.max_connections as usize),
+            max_body_bytes: (l.max_body_mib > 0).then_some(u64::from(l.max_body_mib) << 20),
         })
     }
 

@@ -71,6 +71,7 @@ struct RawLimits {
     max_uri_bytes: Option<Spanned<i64>>,
     max_header_bytes: Option<Spanned<i64>>,
     max_headers: Option<Spanned<i64>>,
+    max_body_mib: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -363,6 +364,12 @@ fn limits(src: &Src<'_>, l: &RawLimits) -> Result<ClientLimits, ConfigError> {
             &l.max_headers,
             &mut out.max_headers,
             1..1001,
+        ),
+        (
+            "limits.max_body_mib",
+            &l.max_body_mib,
+            &mut out.max_body_mib,
+            0..1_048_577,
         ),
     ];
     for (key, raw, slot, range) in fields {

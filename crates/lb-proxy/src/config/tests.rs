@@ -40,6 +40,7 @@ max_conns = 10
 [limits]
 max_connections = 500
 max_header_bytes = 16384
+max_body_mib = 8
 "#;
 
 #[test]
@@ -73,6 +74,17 @@ fn a_full_config_parses() {
     assert_eq!(
         (l.max_uri_bytes, l.max_header_bytes, l.max_headers),
         (8192, 16384, 100)
+    );
+    assert_eq!(c.limits.max_body_mib, 8);
+    assert_eq!(l.max_body_bytes, Some(8 << 20));
+    let unlimited =
+        Config::from_toml("listen = \"127.0.0.1:1\"\n[[backend]]\naddr = \"127.0.0.1:2\"\n")
+            .unwrap()
+            .server();
+    assert_eq!(
+        unlimited.limits().max_body_bytes,
+        None,
+        "no limit by default"
     );
     assert_eq!(c.retry.max_tries(), 4);
     assert_eq!(c.retry.statuses().collect::<Vec<_>>(), vec![502, 504]);
@@ -192,6 +204,12 @@ fn each_kind_of_mistake_names_the_key_and_the_problem() {
         "[501]",
         "[501]",
         &["retry.on_status: ", "501"],
+    );
+    mistake(
+        "max_body_mib = 8",
+        "max_body_mib = -8",
+        "max_body_mib",
+        &["limits.max_body_mib: -8 is out of range (0..=1048576)"],
     );
     mistake(
         "max_connections = 500",

@@ -36,7 +36,7 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 /// HTTP/1 requests pass [the edge](super::edge) first: strict RFC 9112
 /// parsing and the [`Limits`] (header read timeout, target, header block
 /// and field count limits, and a limit on open connections). A refused
-/// request is answered with its status (400, 408, 414, 417, 431, 501, 505) and
+/// request is answered with its status (400, 408, 413, 414, 417, 431, 501, 505) and
 /// its connection closed; it never reaches the service. [`EdgeStats`]
 /// counts them.
 ///

@@ -51,6 +51,9 @@ pub(crate) struct Chunked {
     /// Bytes of extensions on the current line; of trailers in all.
     run: usize,
     max_trailer_bytes: usize,
+    /// Data bytes announced so far, and how many the body may have.
+    total: u64,
+    max_body: u64,
 }
 
 impl Chunked {
@@ -61,7 +64,16 @@ impl Chunked {
             state: State::SizeStart,
             run: 0,
             max_trailer_bytes,
+            total: 0,
+            max_body: u64::MAX,
         }
+    }
+
+    /// The same, for a body of at most `max` data bytes: a chunk size that
+    /// takes the sum past it is refused with 413.
+    pub(crate) fn with_max_body(mut self, max: Option<u64>) -> Self {
+        self.max_body = max.unwrap_or(u64::MAX);
+        self
     }
 
     /// Check the bytes of `buf` that belong to this body: how many they
@@ -127,7 +139,16 @@ impl Chunked {
                     self.run = 0;
                     TrailerStart
                 }
-                b'\n' => Data { left: size },
+                b'\n' => {
+                    self.total = self.total.saturating_add(size);
+                    if self.total > self.max_body {
+                        return Err(Reject::answer(
+                            http::StatusCode::PAYLOAD_TOO_LARGE,
+                            "request body over the limit",
+                        ));
+                    }
+                    Data { left: size }
+                }
                 _ => return Err(bad("bare CR after a chunk size")),
             },
             Data { .. } | Done => return Err(bad("chunked state error")),

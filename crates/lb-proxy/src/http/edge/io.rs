@@ -287,8 +287,18 @@ impl<T: AsyncRead + Unpin + Send + 'static> EdgeIo<T> {
             self.unmet_expectation(&parsed);
             return !matches!(self.state, State::Closed);
         }
-        let check = (parsed.framing == Framing::Chunked)
-            .then(|| Chunked::new(self.limits.max_header_bytes));
+        if let (Framing::Length(n), Some(max)) = (parsed.framing, self.limits.max_body_bytes) {
+            if n > max {
+                self.refuse(Reject::answer(
+                    http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body over the limit",
+                ));
+                return false;
+            }
+        }
+        let check = (parsed.framing == Framing::Chunked).then(|| {
+            Chunked::new(self.limits.max_header_bytes).with_max_body(self.limits.max_body_bytes)
+        });
         if let Some(mut check) = check.clone() {
             // Refuse a body already known to be bad before the head goes on.
             if let Err(r) = check.feed(&self.raw[parsed.len..]) {

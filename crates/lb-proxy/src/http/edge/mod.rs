@@ -42,6 +42,7 @@
 //! | no head within [`Limits::header_read_timeout`] | closed | 408, then closed |
 //! | a body stalled for [`Limits::client_body_timeout`] | waits | 408 if unanswered (backend exchange dropped), else cut |
 //! | `Expect` other than `100-continue` | forwarded | 417 (RFC 9110 §10.1.1); the connection goes on if the request has no body, else closes |
+//! | a body over [`Limits::max_body_bytes`] (if set) | forwarded | 413 by its Content-Length or its chunk sizes while the head is held; a chunked body that passes it later is cut |
 //!
 //! A chunked body is checked before its head goes on as far as it has
 //! arrived; a fault found later (in a body still streaming) can no longer
@@ -97,6 +98,13 @@ pub struct Limits {
     /// and the kernel refuses them when the backlog is full. Default
     /// 10 000; `None`: no limit.
     pub max_connections: Option<usize>,
+    /// The largest request body (nginx `client_max_body_size`): a request
+    /// whose Content-Length is over it gets 413 before anything goes on,
+    /// as does a chunked one whose chunk sizes add up past it while its
+    /// head is still held; a chunked body that passes it later is cut (the
+    /// connection closed, the backend sees its request end early). Default
+    /// `None`: no limit (HAProxy's default; nginx's is 1 MiB).
+    pub max_body_bytes: Option<u64>,
 }
 
 impl Limits {
@@ -119,6 +127,7 @@ impl Default for Limits {
             max_header_bytes: 32 * 1024,
             max_headers: 100,
             max_connections: Some(10_000),
+            max_body_bytes: None,
         }
     }
 }
@@ -153,7 +162,7 @@ impl Reject {
 }
 
 /// The statuses the edge answers, in [`EdgeStats`] order.
-const STATUSES: [u16; 7] = [400, 408, 414, 417, 431, 501, 505];
+const STATUSES: [u16; 8] = [400, 408, 413, 414, 417, 431, 501, 505];
 
 /// Counters of a [`Server`](super::Server)'s edge, shared by its
 /// connections.
@@ -181,7 +190,7 @@ impl EdgeStats {
         self.open.load(Relaxed)
     }
 
-    /// Requests the edge answered with `status` itself (400, 408, 414, 417,
+    /// Requests the edge answered with `status` itself (400, 408, 413, 414, 417,
     /// 431, 501 or 505) and never passed on.
     pub fn rejected(&self, status: StatusCode) -> u64 {
         STATUSES

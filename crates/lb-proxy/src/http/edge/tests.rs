@@ -215,3 +215,26 @@ fn expectations_other_than_100_continue_are_unmet() {
     assert!(head(VALID[0]).persistent);
     assert!(!head(VALID[1]).persistent, "HTTP/1.0");
 }
+
+#[test]
+fn chunk_sizes_past_max_body_are_refused_413_in_any_split() {
+    use super::chunked::Chunked;
+    let body = b"5\r\nhello\r\n5\r\nworld\r\n1\r\n!\r\n0\r\n\r\n";
+    // Within 11 bytes the body passes whole; within 10 the third chunk size
+    // is refused, however the bytes arrive.
+    for (max, ok) in [(11u64, true), (10, false)] {
+        for split in 0..body.len() {
+            let mut c = Chunked::new(1024).with_max_body(Some(max));
+            let first = c.feed(&body[..split]);
+            let result = first.and_then(|(n, done)| {
+                assert!(!done || n == body.len());
+                c.feed(&body[n..])
+            });
+            match (ok, result) {
+                (true, Ok((_, done))) => assert!(done, "max {max}, split {split}"),
+                (false, Err(r)) => assert_eq!(r.status(), Some(StatusCode::PAYLOAD_TOO_LARGE)),
+                (ok, r) => panic!("max {max}, split {split}: expected ok={ok}, got {r:?}"),
+            }
+        }
+    }
+}
