@@ -2,6 +2,12 @@
 //! destinations, persistence templates): split into shards, each behind a
 //! lock of its own, and hashed with a fast keyed hash.
 //!
+//! IPv4 and IPv6 addresses live in tables of their own, keyed by the bare
+//! integer (`u32`, `u128`): a bucket is the key and the value, with no enum
+//! tag or padding, and a key comparison is one integer comparison. The hash
+//! is computed once per lookup, picks the shard by its top bits and the
+//! bucket by the rest.
+//!
 //! Sharding lets picks for different addresses proceed in parallel; each
 //! shard's lock is still owned by the scheduler instance (never global).
 //! The hash is a folded multiply (as in `foldhash`) under keys drawn from
@@ -10,15 +16,23 @@
 //! SipHash for the one address a pick hashes.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
+use std::time::Duration;
 
+use hashbrown::HashTable;
 use lb_core::{BackendId, Member, Snapshot};
 use parking_lot::{Mutex, MutexGuard};
 
-/// The number of shards (a power of two).
+/// The number of shards of each address family (a power of two).
 const SHARDS: usize = 16;
+
+/// A time as whole nanoseconds, the form the tables keep times in (8 bytes
+/// instead of a `Duration`'s 16). Saturates at `u64::MAX` (584 years).
+#[inline]
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
 
 /// `(a * b) mod 2^64 xor (a * b) div 2^64`.
 #[inline(always)]
@@ -47,125 +61,179 @@ impl IpHash {
             mul: draw(2) | 0x8000_0000_0000_0001,
         }
     }
-}
 
-/// The hasher of [`IpHash`]: one folded multiply per word written.
-#[derive(Debug)]
-pub(crate) struct IpHasher {
-    state: u64,
-    mul: u64,
-}
-
-impl IpHasher {
     #[inline(always)]
-    fn mix(&mut self, word: u64) {
-        self.state = fold_mul(self.state ^ word, self.mul);
+    fn finish(&self, state: u64) -> u64 {
+        fold_mul(state, self.mul ^ 0x243f_6a88_85a3_08d3)
     }
 }
 
-impl Hasher for IpHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.mix(u64::from_le_bytes(word) ^ ((chunk.len() as u64) << 59));
-        }
-    }
-    #[inline]
-    fn write_u8(&mut self, n: u8) {
-        self.mix(u64::from(n));
-    }
-    #[inline]
-    fn write_u32(&mut self, n: u32) {
-        self.mix(u64::from(n));
-    }
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        self.mix(n);
-    }
-    #[inline]
-    fn write_usize(&mut self, n: usize) {
-        self.mix(n as u64);
-    }
-    #[inline]
-    fn write_isize(&mut self, n: isize) {
-        self.mix(n as u64);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        fold_mul(self.state, self.mul ^ 0x243f_6a88_85a3_08d3)
+/// An address family's key: the address as an integer.
+trait Key: Copy + Eq {
+    fn hash(self, h: &IpHash) -> u64;
+}
+
+impl Key for u32 {
+    #[inline(always)]
+    fn hash(self, h: &IpHash) -> u64 {
+        h.finish(fold_mul(h.seed ^ u64::from(self), h.mul))
     }
 }
 
-impl BuildHasher for IpHash {
-    type Hasher = IpHasher;
-    #[inline]
-    fn build_hasher(&self) -> IpHasher {
-        IpHasher {
-            state: self.seed,
-            mul: self.mul,
-        }
+impl Key for u128 {
+    #[inline(always)]
+    fn hash(self, h: &IpHash) -> u64 {
+        let s = fold_mul(h.seed ^ self as u64, h.mul);
+        h.finish(fold_mul(s ^ (self >> 64) as u64, h.mul))
     }
 }
 
-/// An address as a table key: equal as the `IpAddr`, hashed as one or two
-/// words (an IPv4 address with a tag bit, an IPv6 address's two halves).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct IpKey(pub(crate) IpAddr);
-
-impl Hash for IpKey {
-    #[inline]
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        match self.0 {
-            IpAddr::V4(v4) => h.write_u64(u64::from(u32::from(v4)) | 1 << 32),
-            IpAddr::V6(v6) => {
-                let x = u128::from(v6);
-                h.write_u64(x as u64);
-                h.write_u64((x >> 64) as u64);
-            }
-        }
-    }
-}
-
-/// One shard's map.
-pub(crate) type IpMap<V> = HashMap<IpKey, V, IpHash>;
-
-/// One shard, on a cache line of its own.
+/// One shard: a table of `(key, value)` buckets, on a cache line of its own.
 #[repr(align(64))]
 #[derive(Debug)]
-struct Shard<V>(Mutex<IpMap<V>>);
+struct Shard<K, V>(Mutex<HashTable<(K, V)>>);
 
-/// A map from IP address to `V`, in shards.
+fn shards<K, V>(capacity: usize) -> Box<[Shard<K, V>]> {
+    let each = capacity.div_ceil(SHARDS);
+    (0..SHARDS)
+        .map(|_| Shard(Mutex::new(HashTable::with_capacity(each))))
+        .collect()
+}
+
+/// The shard of `hash`: its top bits (hashbrown takes the low bits for the
+/// bucket and the top 7 for its tags, so shards still fill evenly).
+#[inline(always)]
+fn shard_of(hash: u64) -> usize {
+    (hash >> 40) as usize % SHARDS
+}
+
+/// A map from IP address to `V`, in shards. IPv4 addresses and IPv6
+/// addresses (v4-mapped ones included) are distinct keys.
 #[derive(Debug)]
 pub(crate) struct IpTable<V> {
     hash: IpHash,
-    shards: Box<[Shard<V>]>,
+    v4: Box<[Shard<u32, V>]>,
+    v6: Box<[Shard<u128, V>]>,
 }
 
 impl<V> IpTable<V> {
-    /// A table with room reserved for about `capacity` entries in all.
+    /// A table with room reserved for about `capacity` IPv4 entries in all,
+    /// and a quarter as many IPv6 ones (either grows when it must).
     pub(crate) fn with_capacity(capacity: usize) -> Self {
-        let hash = IpHash::random();
-        let each = capacity.div_ceil(SHARDS);
-        let shards = (0..SHARDS)
-            .map(|_| Shard(Mutex::new(HashMap::with_capacity_and_hasher(each, hash))))
-            .collect();
-        IpTable { hash, shards }
+        IpTable {
+            hash: IpHash::random(),
+            v4: shards(capacity),
+            v6: shards(capacity / 4),
+        }
     }
 
-    /// The locked shard that holds `key`.
+    /// The shard that holds `key`, locked, for operations on that key.
     #[inline]
-    pub(crate) fn shard(&self, key: &IpAddr) -> MutexGuard<'_, IpMap<V>> {
-        // The top bits pick the shard; hashbrown uses the low bits and the
-        // top 7 for its own purposes, so shards still fill evenly.
-        let h = self.hash.hash_one(IpKey(*key));
-        self.shards[(h >> 40) as usize % SHARDS].0.lock()
+    pub(crate) fn lock(&self, key: IpAddr) -> Locked<'_, V> {
+        match key {
+            IpAddr::V4(a) => {
+                let key = u32::from(a);
+                let hash = key.hash(&self.hash);
+                Locked {
+                    at: At::V4(self.v4[shard_of(hash)].0.lock(), key),
+                    hash,
+                    hasher: self.hash,
+                }
+            }
+            IpAddr::V6(a) => {
+                let key = u128::from(a);
+                let hash = key.hash(&self.hash);
+                Locked {
+                    at: At::V6(self.v6[shard_of(hash)].0.lock(), key),
+                    hash,
+                    hasher: self.hash,
+                }
+            }
+        }
     }
 
     /// The number of entries, over all shards.
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.0.lock().len()).sum()
+        let v4: usize = self.v4.iter().map(|s| s.0.lock().len()).sum();
+        let v6: usize = self.v6.iter().map(|s| s.0.lock().len()).sum();
+        v4 + v6
+    }
+}
+
+/// A locked shard and the key it was locked for.
+enum At<'a, V> {
+    V4(MutexGuard<'a, HashTable<(u32, V)>>, u32),
+    V6(MutexGuard<'a, HashTable<(u128, V)>>, u128),
+}
+
+/// One key's shard of an [`IpTable`], locked: the entry for the key, and
+/// upkeep of the shard (which holds other keys too).
+pub(crate) struct Locked<'a, V> {
+    at: At<'a, V>,
+    hash: u64,
+    hasher: IpHash,
+}
+
+#[inline]
+fn find_mut<K: Key, V>(t: &mut HashTable<(K, V)>, hash: u64, key: K) -> Option<&mut V> {
+    t.find_mut(hash, |e| e.0 == key).map(|e| &mut e.1)
+}
+
+fn remove<K: Key, V>(t: &mut HashTable<(K, V)>, hash: u64, key: K) -> Option<V> {
+    t.find_entry(hash, |e| e.0 == key)
+        .ok()
+        .map(|e| e.remove().0 .1)
+}
+
+fn insert<K: Key, V>(t: &mut HashTable<(K, V)>, hash: u64, key: K, value: V, h: &IpHash) {
+    match t.find_mut(hash, |e| e.0 == key) {
+        Some(e) => e.1 = value,
+        None => {
+            t.insert_unique(hash, (key, value), |e| e.0.hash(h));
+        }
+    }
+}
+
+impl<V> Locked<'_, V> {
+    /// The key's entry, if any.
+    #[inline]
+    pub(crate) fn get_mut(&mut self) -> Option<&mut V> {
+        match &mut self.at {
+            At::V4(t, k) => find_mut(t, self.hash, *k),
+            At::V6(t, k) => find_mut(t, self.hash, *k),
+        }
+    }
+
+    /// Drop the key's entry; returns it.
+    pub(crate) fn remove(&mut self) -> Option<V> {
+        match &mut self.at {
+            At::V4(t, k) => remove(t, self.hash, *k),
+            At::V6(t, k) => remove(t, self.hash, *k),
+        }
+    }
+
+    /// Set the key's entry, replacing any.
+    pub(crate) fn insert(&mut self, value: V) {
+        match &mut self.at {
+            At::V4(t, k) => insert(t, self.hash, *k, value, &self.hasher),
+            At::V6(t, k) => insert(t, self.hash, *k, value, &self.hasher),
+        }
+    }
+
+    /// Whether this shard is full: one more entry would grow it.
+    pub(crate) fn is_full(&self) -> bool {
+        match &self.at {
+            At::V4(t, _) => t.len() >= t.capacity(),
+            At::V6(t, _) => t.len() >= t.capacity(),
+        }
+    }
+
+    /// Keep the entries of this shard (any key) for which `keep` holds.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&mut V) -> bool) {
+        match &mut self.at {
+            At::V4(t, _) => t.retain(|e| keep(&mut e.1)),
+            At::V6(t, _) => t.retain(|e| keep(&mut e.1)),
+        }
     }
 }
 
@@ -198,6 +266,14 @@ impl Placed {
         }
     }
 
+    /// No backend (no backend has id `u32::MAX`): an empty place.
+    pub(crate) fn none() -> Self {
+        Placed {
+            id: BackendId::from_raw(u32::MAX),
+            pos: u32::MAX,
+        }
+    }
+
     /// A backend whose position is not known yet.
     #[cfg(test)]
     pub(crate) fn unplaced(id: BackendId) -> Self {
@@ -225,23 +301,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn addresses_spread_over_shards_and_buckets() {
+    fn addresses_spread_over_shards_and_families_stay_apart() {
         let t: IpTable<u32> = IpTable::with_capacity(64);
         for i in 0..4096u32 {
             let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0A00_0000 + i));
-            t.shard(&ip).insert(IpKey(ip), i);
+            t.lock(ip).insert(i);
         }
         assert_eq!(t.len(), 4096);
-        for s in t.shards.iter() {
+        for s in t.v4.iter() {
             let n = s.0.lock().len();
             assert!((128..=384).contains(&n), "uneven shard: {n}");
         }
         // v4 and v4-mapped v6 stay distinct keys.
         let v4: IpAddr = "10.0.0.1".parse().unwrap();
         let v6: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        t.shard(&v6).insert(IpKey(v6), 7);
-        assert_eq!(t.shard(&v4).get(&IpKey(v4)), Some(&1));
-        assert_eq!(t.shard(&v6).get(&IpKey(v6)), Some(&7));
+        t.lock(v6).insert(7);
+        assert_eq!(t.lock(v4).get_mut(), Some(&mut 1));
+        assert_eq!(t.lock(v6).get_mut(), Some(&mut 7));
+        // Replace, remove, and upkeep of a whole shard.
+        t.lock(v6).insert(8);
+        assert_eq!(t.len(), 4097);
+        assert_eq!(t.lock(v6).remove(), Some(8));
+        assert_eq!(t.lock(v6).remove(), None);
+        assert!(t.lock(v6).get_mut().is_none());
+        let before = t.len();
+        let mut shard = t.lock(v4);
+        shard.retain(|v| *v != 1);
+        assert!(shard.get_mut().is_none());
+        drop(shard);
+        assert_eq!(t.len(), before - 1);
+    }
+
+    #[test]
+    fn a_full_shard_says_so_and_grows_on_insert() {
+        let t: IpTable<u64> = IpTable::with_capacity(0);
+        let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(i));
+        assert!(t.lock(ip(1)).is_full());
+        for i in 0..1000 {
+            t.lock(ip(i)).insert(u64::from(i));
+        }
+        assert_eq!(t.len(), 1000);
+        assert!((0..1000).all(|i| t.lock(ip(i)).get_mut() == Some(&mut u64::from(i))));
+    }
+
+    #[test]
+    fn nanos_saturate() {
+        assert_eq!(nanos(Duration::from_millis(1500)), 1_500_000_000);
+        assert_eq!(nanos(Duration::MAX), u64::MAX);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use lb_core::{BackendId, Change, Ctx, Member, Pick, Snapshot, Tables};
 
-use crate::keyed::{IpKey, IpMap, IpTable, Placed};
+use crate::keyed::{nanos, IpTable, Locked, Placed};
 use crate::lc::{decided, least, lvs_overhead, prepare_index, wlc, wlc_cost};
 use crate::least::{LeastIndex, Rule};
 use crate::trace::{pick_via_select, why, Load, Trace};
@@ -35,9 +35,10 @@ pub const DEFAULT_EXPIRE: Duration = Duration::from_secs(24 * 60 * 60);
 /// grows.
 const TABLE_CAPACITY: usize = 16 * 1024;
 
-/// Whether an entry last used at `last_use` is still valid at `now`.
+/// Whether an entry last used at `last_use` is still valid at `now` (times
+/// in nanoseconds).
 #[inline]
-fn valid(now: Duration, last_use: Duration, expire: Duration) -> bool {
+fn valid(now: u64, last_use: u64, expire: u64) -> bool {
     now.saturating_sub(last_use) < expire
 }
 
@@ -56,14 +57,9 @@ fn dest_key<T: Trace>(name: &str, ctx: &Ctx<'_>, t: &mut T) -> Option<IpAddr> {
 
 /// Make room for a new key without growing: when the table is full, drop
 /// the entries that are expired anyway (unobservable: they count as absent).
-fn make_room<V>(
-    table: &mut IpMap<V>,
-    last_use: impl Fn(&V) -> Duration,
-    now: Duration,
-    expire: Duration,
-) {
-    if table.len() >= table.capacity() {
-        table.retain(|_, v| valid(now, last_use(v), expire));
+fn make_room<V>(table: &mut Locked<'_, V>, last_use: impl Fn(&V) -> u64, now: u64, expire: u64) {
+    if table.is_full() {
+        table.retain(|v| valid(now, last_use(v), expire));
     }
 }
 
@@ -110,7 +106,8 @@ fn overloaded<T: Trace>(d: &Member, snap: &Snapshot, ctx: &Ctx<'_>, t: &mut T) -
 #[derive(Debug, Clone, Copy)]
 struct Cached {
     backend: Placed,
-    last_use: Duration,
+    /// In nanoseconds.
+    last_use: u64,
 }
 
 /// `lblc`: locality-based least connection, as LVS `ip_vs_lblc.c`.
@@ -154,10 +151,10 @@ impl LocalityLeastConn {
         t: &mut T,
     ) -> Option<Pick<'s>> {
         let key = dest_key("lblc", ctx, t)?;
-        let now = ctx.now();
-        let mut table = self.table.shard(&key);
-        if let Some(en) = table.get_mut(&IpKey(key)) {
-            if valid(now, en.last_use, self.expire) {
+        let (now, expire) = (nanos(ctx.now()), nanos(self.expire));
+        let mut table = self.table.lock(key);
+        if let Some(en) = table.get_mut() {
+            if valid(now, en.last_use, expire) {
                 en.last_use = now;
                 match en.backend.find(snap) {
                     Some(d) if ctx.usable(d) => {
@@ -182,11 +179,11 @@ impl LocalityLeastConn {
             backend: Placed::of(snap, d),
             last_use: now,
         };
-        if let Some(en) = table.get_mut(&IpKey(key)) {
+        if let Some(en) = table.get_mut() {
             *en = entry;
         } else {
-            make_room(&mut table, |e| e.last_use, now, self.expire);
-            table.insert(IpKey(key), entry);
+            make_room(&mut table, |e| e.last_use, now, expire);
+            table.insert(entry);
         }
         Some(Pick::new(d))
     }
@@ -206,96 +203,134 @@ impl Scheduler for LocalityLeastConn {
 
 // === impl Replicas ===
 
-/// Members kept inline before a set spills to the heap.
-const INLINE: usize = 4;
+/// The members of a set after its first, and when the set last changed:
+/// on the heap, since most sets have one member.
+#[derive(Debug, Clone, Default)]
+struct Spill {
+    /// In nanoseconds; kept only while the set has more than one member,
+    /// the only time it is read (a set grows only by a change, which sets
+    /// it).
+    last_change: u64,
+    rest: Vec<Placed>,
+}
 
 /// A small set of backends in order of insertion; the newest is last.
-/// The first [`INLINE`] live inline, so creating an entry never allocates.
+///
+/// The first member lives inline, so creating an entry never allocates,
+/// and the rest behind one pointer, so that a table bucket is 32 bytes: a
+/// hit at 100,000 destinations is a walk over memory far larger than the
+/// caches, and its cost is mostly the one bucket it reads.
 #[derive(Debug, Clone)]
 struct IdSet {
-    len: usize,
-    head: [Placed; INLINE],
-    tail: Vec<Placed>,
+    /// [`Placed::none`] when the set is empty.
+    first: Placed,
+    spill: Option<Box<Spill>>,
 }
 
 impl IdSet {
     fn of(b: Placed) -> Self {
         IdSet {
-            len: 1,
-            head: [b; INLINE],
-            tail: Vec::new(),
+            first: b,
+            spill: None,
         }
     }
 
+    fn rest(&self) -> &[Placed] {
+        self.spill.as_deref().map_or(&[], |s| s.rest.as_slice())
+    }
+
     fn len(&self) -> usize {
-        self.len
+        if self.first == Placed::none() {
+            0
+        } else {
+            1 + self.rest().len()
+        }
     }
 
     fn at(&self, i: usize) -> Placed {
-        if i < INLINE {
-            self.head[i]
-        } else {
-            self.tail[i - INLINE]
+        match i {
+            0 => self.first,
+            _ => self.rest()[i - 1],
         }
     }
 
     fn set(&mut self, i: usize, b: Placed) {
-        if i < INLINE {
-            self.head[i] = b;
-        } else {
-            self.tail[i - INLINE] = b;
+        match (i, self.spill.as_deref_mut()) {
+            (0, _) => self.first = b,
+            (_, Some(s)) => s.rest[i - 1] = b,
+            (_, None) => {}
         }
     }
 
     /// The members, newest first.
     fn newest_first(&self) -> impl Iterator<Item = (usize, Placed)> + '_ {
-        (0..self.len).rev().map(|i| (i, self.at(i)))
+        (0..self.len()).rev().map(|i| (i, self.at(i)))
     }
 
     fn contains(&self, id: BackendId) -> bool {
-        (0..self.len).any(|i| self.at(i).id == id)
+        (0..self.len()).any(|i| self.at(i).id == id)
     }
 
     /// Add `b` as the newest member.
     fn push(&mut self, b: Placed) {
-        if self.len < INLINE {
-            self.head[self.len] = b;
+        if self.len() == 0 {
+            self.first = b;
         } else {
-            self.tail.push(b);
+            self.spill.get_or_insert_with(Box::default).rest.push(b);
         }
-        self.len += 1;
     }
 
     /// Keep the members for which `keep` holds, in order (`keep` may
     /// update a member's position).
     fn retain(&mut self, mut keep: impl FnMut(&mut Placed) -> bool) {
         let mut kept = 0;
-        for i in 0..self.len {
+        for i in 0..self.len() {
             let mut b = self.at(i);
             if keep(&mut b) {
                 self.set(kept, b);
                 kept += 1;
             }
         }
-        self.len = kept;
-        self.tail.truncate(kept.saturating_sub(INLINE));
+        if kept == 0 {
+            self.first = Placed::none();
+        }
+        if let Some(s) = self.spill.as_deref_mut() {
+            s.rest.truncate(kept.saturating_sub(1));
+        }
     }
 
     /// Make this the set `{b}`, reusing the storage.
     fn reset(&mut self, b: Placed) {
-        self.len = 0;
-        self.tail.clear();
-        self.push(b);
+        self.first = b;
+        if let Some(s) = self.spill.as_deref_mut() {
+            s.rest.clear();
+        }
+    }
+
+    /// When the set last changed, if it has more than one member.
+    fn last_change(&self) -> Option<u64> {
+        self.spill
+            .as_deref()
+            .filter(|s| !s.rest.is_empty())
+            .map(|s| s.last_change)
+    }
+
+    /// Record a change of the set at `now` (kept while it has more than
+    /// one member).
+    fn changed(&mut self, now: u64) {
+        if let Some(s) = self.spill.as_deref_mut() {
+            s.last_change = now;
+        }
     }
 }
 
-/// One lblcr entry: the set serving a destination, when it last changed and
-/// when it was last used.
+/// One lblcr entry: the set serving a destination (and when it last
+/// changed), and when it was last used.
 #[derive(Debug)]
 struct Replicas {
     set: IdSet,
-    last_change: Duration,
-    last_use: Duration,
+    /// In nanoseconds.
+    last_use: u64,
 }
 
 /// The most loaded member of `set` with weight > 0 by the strict rule
@@ -377,10 +412,10 @@ impl LocalityReplicated {
         t: &mut T,
     ) -> Option<Pick<'s>> {
         let key = dest_key("lblcr", ctx, t)?;
-        let now = ctx.now();
-        let mut table = self.table.shard(&key);
-        match table.get_mut(&IpKey(key)) {
-            Some(en) if valid(now, en.last_use, self.expire) => self.hit(key, en, snap, ctx, t),
+        let (now, expire) = (nanos(ctx.now()), nanos(self.expire));
+        let mut table = self.table.lock(key);
+        match table.get_mut() {
+            Some(en) if valid(now, en.last_use, expire) => self.hit(key, en, snap, ctx, t),
             found => {
                 match found {
                     Some(_) => why!(t, "lblcr: the entry for {key} has expired"),
@@ -388,18 +423,14 @@ impl LocalityReplicated {
                 }
                 let d = wlc(snap, ctx, t)?;
                 let placed = Placed::of(snap, d);
-                if let Some(en) = table.get_mut(&IpKey(key)) {
+                if let Some(en) = table.get_mut() {
                     en.set.reset(placed);
-                    (en.last_change, en.last_use) = (now, now);
+                    en.last_use = now;
                 } else {
-                    make_room(&mut table, |e| e.last_use, now, self.expire);
+                    make_room(&mut table, |e| e.last_use, now, expire);
                     let set = IdSet::of(placed);
-                    let en = Replicas {
-                        set,
-                        last_change: now,
-                        last_use: now,
-                    };
-                    table.insert(IpKey(key), en);
+                    let en = Replicas { set, last_use: now };
+                    table.insert(en);
                 }
                 why!(t, "lblcr: new set {{{}}} for {key}", d.name());
                 Some(Pick::new(d))
@@ -416,7 +447,7 @@ impl LocalityReplicated {
         ctx: &Ctx<'_>,
         t: &mut T,
     ) -> Option<Pick<'s>> {
-        let now = ctx.now();
+        let now = nanos(ctx.now());
         en.last_use = now;
         en.set.retain(|b| b.find(snap).is_some());
         why!(t, "lblcr: {key} -> a set of {}, newest first", en.set.len());
@@ -427,7 +458,8 @@ impl LocalityReplicated {
             t,
         );
         decided(t, "lblcr: set min by wlc, newest first", min);
-        if en.set.len() > 1 && now.saturating_sub(en.last_change) > self.expire {
+        let unchanged = en.set.last_change().map(|at| now.saturating_sub(at));
+        if unchanged.is_some_and(|u| u > nanos(self.expire)) {
             why!(
                 t,
                 "lblcr: the set has not changed for longer than {:?}: shrink",
@@ -436,7 +468,7 @@ impl LocalityReplicated {
             if let Some(i) = set_max(&en.set, snap, t) {
                 let gone = en.set.at(i).id;
                 en.set.retain(|b| b.id != gone);
-                en.last_change = now;
+                en.set.changed(now);
             }
         }
         if let Some(m) = min {
@@ -454,7 +486,7 @@ impl LocalityReplicated {
         if !en.set.contains(d.id()) {
             why!(t, "lblcr: {} joins the set", d.name());
             en.set.push(Placed::of(snap, d));
-            en.last_change = now;
+            en.set.changed(now);
         }
         Some(Pick::new(d))
     }
@@ -499,5 +531,26 @@ mod tests {
         assert_eq!(ids(&s), [9, 5, 4, 2, 1]);
         s.reset(at(3));
         assert_eq!(ids(&s), [3]);
+    }
+
+    #[test]
+    fn id_set_empties_and_refills_and_keeps_its_change_time_while_plural() {
+        let mut s = IdSet::of(at(1));
+        assert_eq!(s.last_change(), None);
+        s.push(at(2));
+        s.changed(50);
+        assert_eq!(s.last_change(), Some(50));
+        s.push(at(3));
+        // A member leaving the pool is not a change: the time stays.
+        s.retain(|b| b.id.get() != 1);
+        assert_eq!((ids(&s), s.last_change()), (vec![3, 2], Some(50)));
+        s.retain(|_| false);
+        assert_eq!((s.len(), s.last_change()), (0, None));
+        assert!(!s.contains(BackendId::from_raw(u32::MAX)));
+        s.push(at(4));
+        assert_eq!(ids(&s), [4]);
+        s.push(at(5));
+        s.changed(70);
+        assert_eq!((ids(&s), s.last_change()), (vec![5, 4], Some(70)));
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use lb_core::{BackendId, Change, Ctx, Health, Hold, Member, Outcome, Pick, Snapshot, Tables};
 
-use crate::keyed::{IpKey, IpTable, Placed};
+use crate::keyed::{nanos, IpTable, Placed};
 use crate::trace::{why, Explain, NoTrace, Trace};
 use crate::{BoxScheduler, Features, Scheduler};
 
@@ -26,8 +26,9 @@ const RESERVED_TEMPLATES: usize = 4096;
 #[derive(Debug)]
 struct Template {
     backend: Placed,
-    /// The time of the latest connection that used or created it.
-    last_use: Duration,
+    /// The time of the latest connection that used or created it, in
+    /// nanoseconds.
+    last_use: u64,
     /// Counts the open connections this template placed.
     hold: Hold,
 }
@@ -169,8 +170,8 @@ impl Persist {
         }
     }
 
-    fn expired(&self, t: &Template, now: Duration) -> bool {
-        now >= t.last_use.saturating_add(self.timeout) && t.hold.open_conns() == 0
+    fn expired(&self, t: &Template, now: u64) -> bool {
+        now >= t.last_use.saturating_add(nanos(self.timeout)) && t.hold.open_conns() == 0
     }
 
     /// The template's backend if the template may be used at `now`.
@@ -178,7 +179,7 @@ impl Persist {
         &self,
         snap: &'s Snapshot,
         t: &mut Template,
-        now: Duration,
+        now: u64,
     ) -> Result<&'s Member, Unusable> {
         let m = t.backend.find(snap).ok_or(Unusable::Removed)?;
         match m.health() {
@@ -207,10 +208,10 @@ impl Persist {
         inner: impl FnOnce(&mut T) -> Option<Pick<'s>>,
     ) -> Option<Pick<'s>> {
         let key = self.key(ctx.client_ip());
-        let now = ctx.now();
-        let mut templates = self.templates.shard(&key);
+        let now = nanos(ctx.now());
+        let mut templates = self.templates.lock(key);
         let mut retry_only = false;
-        if let Some(tpl) = templates.get_mut(&IpKey(key)) {
+        if let Some(tpl) = templates.get_mut() {
             match self.check(snap, tpl, now) {
                 Ok(m) if ctx.was_tried(m.id()) => {
                     why!(
@@ -225,16 +226,16 @@ impl Persist {
                         t,
                         "persist: template {key} -> {} used (last use {}s, {} open conn(s)); last use now {}s",
                         m.name(),
-                        tpl.last_use.as_secs(),
+                        tpl.last_use / 1_000_000_000,
                         tpl.hold.open_conns(),
-                        now.as_secs()
+                        now / 1_000_000_000
                     );
                     tpl.last_use = now;
                     return Some(Pick::with_hold(m, tpl.hold.clone()));
                 }
                 Err(reason) => {
                     why!(t, "persist: template {key} dropped: {reason}");
-                    templates.remove(&IpKey(key));
+                    templates.remove();
                 }
             }
         } else {
@@ -254,20 +255,17 @@ impl Persist {
             return None;
         };
         let m = pick.member();
-        if templates.len() == templates.capacity() {
+        if templates.is_full() {
             // Forget templates that can never be used again before the map
             // would grow; unobservable, since a lookup would drop them.
-            templates.retain(|_, tpl| !self.expired(tpl, now));
+            templates.retain(|tpl| !self.expired(tpl, now));
         }
         let hold = Hold::new();
-        templates.insert(
-            IpKey(key),
-            Template {
-                backend: Placed::of(snap, m),
-                last_use: now,
-                hold: hold.clone(),
-            },
-        );
+        templates.insert(Template {
+            backend: Placed::of(snap, m),
+            last_use: now,
+            hold: hold.clone(),
+        });
         why!(
             t,
             "persist: template {key} -> {} created (timeout {}s)",

@@ -1,6 +1,7 @@
-//! lblc against an independent model written from `SCHEDULERS.md`,
+//! lblc and lblcr against independent models written from `SCHEDULERS.md`,
 //! decision by decision: a plain map from destination to (backend, last
-//! use) and a linear wlc scan, over long random runs with tens of thousands
+//! use), or to (set of backends, last change, last use), and a linear wlc
+//! scan, over long random runs with tens of thousands
 //! of destinations (so the table grows and sweeps expired entries), a clock
 //! that moves (so entries expire), and connection, weight, health and
 //! membership changes. Both the plain pick and the explained pick are
@@ -11,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use lb_core::{BackendId, Ctx, Member, Snapshot};
-use lb_sched::{Explain, LocalityLeastConn, Scheduler};
+use lb_sched::{Explain, LocalityLeastConn, LocalityReplicated, Scheduler};
 
 #[path = "oracle/world.rs"]
 mod world;
@@ -69,6 +70,102 @@ impl Model {
     }
 }
 
+/// lblcr as the contract states it.
+struct ReplicatedModel {
+    expire: Duration,
+    /// Per destination: the set, oldest member first; when it last changed;
+    /// its last use.
+    table: HashMap<IpAddr, (Vec<BackendId>, Duration, Duration)>,
+}
+
+impl ReplicatedModel {
+    fn pick<'s>(&mut self, snap: &'s Snapshot, ctx: &Ctx<'_>) -> Option<&'s Member> {
+        let key = ctx.dest()?.ip();
+        let now = ctx.now();
+        let member = |id: BackendId| snap.members().iter().find(|m| m.id() == id);
+        match self.table.get_mut(&key) {
+            Some((set, last_change, last_use)) if now.saturating_sub(*last_use) < self.expire => {
+                *last_use = now;
+                set.retain(|id| member(*id).is_some());
+                // The least loaded usable member by wlc, newest first; ties
+                // to the newer.
+                let mut min: Option<(&Member, u64, u64)> = None;
+                for m in set.iter().rev().filter_map(|id| member(*id)) {
+                    let (oh, w) = (m.lvs_overhead(), u64::from(m.weight()));
+                    if !ctx.usable(m) {
+                        continue;
+                    }
+                    match min {
+                        Some((_, boh, bw))
+                            if u128::from(boh) * u128::from(w)
+                                <= u128::from(oh) * u128::from(bw) => {}
+                        _ => min = Some((m, oh, w)),
+                    }
+                }
+                if set.len() > 1 && now.saturating_sub(*last_change) > self.expire {
+                    // The most loaded member of weight > 0, newest first,
+                    // by the strict rule; health is not considered.
+                    let mut most: Option<(BackendId, u64, u64)> = None;
+                    for m in set.iter().rev().filter_map(|id| member(*id)) {
+                        let (oh, w) = (m.lvs_overhead(), u64::from(m.weight()));
+                        if w == 0 {
+                            continue;
+                        }
+                        match most {
+                            Some((_, moh, mw))
+                                if u128::from(moh) * u128::from(w)
+                                    >= u128::from(oh) * u128::from(mw) => {}
+                            _ => most = Some((m.id(), oh, w)),
+                        }
+                    }
+                    if let Some((gone, ..)) = most {
+                        set.retain(|id| *id != gone);
+                        *last_change = now;
+                    }
+                }
+                if let Some((m, ..)) = min {
+                    if !Model::overloaded(m, snap, ctx) {
+                        return Some(m);
+                    }
+                }
+                let d = Model::wlc(snap, ctx)?;
+                if !set.contains(&d.id()) {
+                    set.push(d.id());
+                    *last_change = now;
+                }
+                Some(d)
+            }
+            _ => {
+                let d = Model::wlc(snap, ctx)?;
+                self.table.insert(key, (vec![d.id()], now, now));
+                Some(d)
+            }
+        }
+    }
+}
+
+/// Either model.
+enum Oracle {
+    Lblc(Model),
+    Lblcr(ReplicatedModel),
+}
+
+impl Oracle {
+    fn pick<'s>(&mut self, snap: &'s Snapshot, ctx: &Ctx<'_>) -> Option<&'s Member> {
+        match self {
+            Oracle::Lblc(m) => m.pick(snap, ctx),
+            Oracle::Lblcr(m) => m.pick(snap, ctx),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Oracle::Lblc(m) => m.table.len(),
+            Oracle::Lblcr(m) => m.table.len(),
+        }
+    }
+}
+
 /// A destination: from a small hot set (valid hits), or with odds
 /// `cold_share` in 4 from a range of `cold` addresses (new entries, growth,
 /// expiry).
@@ -98,6 +195,8 @@ struct Run {
     expire: u64,
     /// Check the explained pick instead of the plain one.
     explain: bool,
+    /// lblcr instead of lblc.
+    replicated: bool,
 }
 
 /// One long run: returns how many entries the model's table ends with.
@@ -110,15 +209,29 @@ fn run(r: Run) -> usize {
         steps,
         expire,
         explain,
+        replicated,
     } = r;
     let mut rng = Mix(seed);
     let weights: Vec<u64> = (0..backends).map(|_| 1 + rng.next(5)).collect();
     let expire = Duration::from_secs(expire);
-    let mut w = World::with(Box::new(LocalityLeastConn::with_expire(expire)), &weights);
-    let mut model = Model {
-        expire,
-        table: HashMap::new(),
+    let (sched, mut model): (Box<dyn Scheduler>, _) = if replicated {
+        (
+            Box::new(LocalityReplicated::with_expire(expire)),
+            Oracle::Lblcr(ReplicatedModel {
+                expire,
+                table: HashMap::new(),
+            }),
+        )
+    } else {
+        (
+            Box::new(LocalityLeastConn::with_expire(expire)),
+            Oracle::Lblc(Model {
+                expire,
+                table: HashMap::new(),
+            }),
+        )
     };
+    let mut w = World::with(sched, &weights);
     let mut now = Duration::from_secs(1);
     let (mut hits, mut picks) = (0usize, 0usize);
     for step in 0..steps {
@@ -162,7 +275,7 @@ fn run(r: Run) -> usize {
         w.apply(&op);
     }
     assert!(picks > steps / 3 && hits > 0, "the run picked: {picks}");
-    model.table.len()
+    model.len()
 }
 
 #[test]
@@ -178,6 +291,7 @@ fn lblc_matches_the_model_with_many_destinations_and_expiry() {
         steps: 160_000,
         expire: 600,
         explain: false,
+        replicated: false,
     });
     assert!(entries > 40_000, "the table had to grow: {entries} entries");
 }
@@ -193,6 +307,7 @@ fn lblc_matches_the_model_on_small_pools_with_short_expiry() {
             steps: 20_000,
             expire: 3,
             explain: false,
+            replicated: false,
         });
     }
 }
@@ -207,7 +322,41 @@ fn lblc_explained_picks_match_the_model() {
         steps: 80_000,
         expire: 10,
         explain: true,
+        replicated: false,
     });
+}
+
+#[test]
+fn lblcr_matches_the_model_with_many_destinations_and_expiry() {
+    let entries = run(Run {
+        seed: 21,
+        backends: 40,
+        cold: 200_000,
+        cold_share: 3,
+        steps: 160_000,
+        expire: 600,
+        explain: false,
+        replicated: true,
+    });
+    assert!(entries > 40_000, "the table had to grow: {entries} entries");
+}
+
+#[test]
+fn lblcr_matches_the_model_on_small_pools_with_short_expiry() {
+    // Short expiry and a hot set of destinations: sets grow under load,
+    // shrink after `expire` unchanged, and lose members that leave the pool.
+    for seed in 22..30 {
+        run(Run {
+            seed,
+            backends: 1 + (seed as usize % 7),
+            cold: 3_000,
+            cold_share: 1,
+            steps: 20_000,
+            expire: 3,
+            explain: seed % 2 == 0,
+            replicated: true,
+        });
+    }
 }
 
 /// A valid entry whose backend wlc would no longer choose keeps its
