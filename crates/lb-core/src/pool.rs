@@ -1,6 +1,7 @@
 //! The pool: rare writes that publish immutable snapshots.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -237,6 +238,7 @@ impl Pool {
         let current = self.inner.current.load();
         let mut batch = Batch {
             members: current.members.clone(),
+            names: None,
             next_id: w.next_id,
             overrides: w.overrides.clone(),
             changes: Vec::new(),
@@ -304,6 +306,9 @@ impl Pool {
 #[derive(Debug)]
 pub struct Batch {
     members: Vec<Member>,
+    /// The names in `members`, once a batch has added to a pool large
+    /// enough that a scan per add would make a big batch quadratic.
+    names: Option<HashSet<Arc<str>>>,
     next_id: u32,
     overrides: Vec<(BackendId, u32)>,
     changes: Vec<Change>,
@@ -333,12 +338,24 @@ impl Batch {
         &self.members
     }
 
+    /// Whether a backend of the batch has this name: a scan of a small
+    /// pool, a set once the pool is larger (built at the first such add).
+    fn has_name(&mut self, name: &str) -> bool {
+        const SCAN: usize = 32;
+        if self.names.is_none() && self.members.len() <= SCAN {
+            return self.members.iter().any(|m| &*m.name == name);
+        }
+        self.names
+            .get_or_insert_with(|| self.members.iter().map(|m| m.name.clone()).collect())
+            .contains(name)
+    }
+
     /// Add a backend at the end of pool order.
     pub fn add(&mut self, b: Backend) -> Result<BackendId, PoolError> {
         if b.name.is_empty() {
             return Err(PoolError::EmptyName);
         }
-        if self.members.iter().any(|m| m.name == b.name) {
+        if self.has_name(&b.name) {
             return Err(PoolError::DuplicateName(b.name.to_string()));
         }
         let weight = check_weight(&b.name, b.weight)?;
@@ -354,6 +371,9 @@ impl Batch {
             .checked_add(1)
             .ok_or(PoolError::TooManyBackends)?;
         let server = b.server.unwrap_or_else(|| Arc::from(b.addr.to_string()));
+        if let Some(names) = &mut self.names {
+            names.insert(b.name.clone());
+        }
         self.members.push(Member {
             id,
             name: b.name,
@@ -378,6 +398,9 @@ impl Batch {
             .binary_search_by_key(&id, |m| m.id)
             .map_err(|_| PoolError::UnknownBackend(id))?;
         let m = self.members.remove(i);
+        if let Some(names) = &mut self.names {
+            names.remove(&m.name);
+        }
         self.overrides.retain(|(o, _)| *o != id);
         self.changes.push(Change::Removed(id));
         Ok(m.counters)
@@ -561,6 +584,43 @@ mod tests {
 
     fn backend(i: usize) -> Backend {
         Backend::new(format!("b{i}"), ([10, 0, 0, i as u8], 80).into())
+    }
+
+    #[test]
+    fn names_stay_unique_in_large_batches_across_adds_and_removes() {
+        let pool = Pool::new();
+        // Past the scan threshold: duplicates are found by the name set,
+        // within the batch and against the pool it started from.
+        pool.batch(|b| (0..500).try_for_each(|i| b.add(backend(i)).map(drop)))
+            .unwrap();
+        let dup = pool.batch(|b| {
+            b.add(backend(500))?;
+            b.add(backend(500))
+        });
+        assert!(matches!(dup, Err(PoolError::DuplicateName(n)) if n == "b500"));
+        assert!(matches!(
+            pool.add(backend(7)),
+            Err(PoolError::DuplicateName(_))
+        ));
+        assert_eq!(pool.load().len(), 500, "a failed batch changes nothing");
+        // A removed name can come back in the same batch; a kept one cannot.
+        let id = pool.load().members()[7].id();
+        pool.batch(|b| {
+            b.remove(id)?;
+            b.add(backend(7))?;
+            assert!(matches!(
+                b.add(backend(8)),
+                Err(PoolError::DuplicateName(_))
+            ));
+            Ok(())
+        })
+        .unwrap();
+        let snap = pool.load();
+        assert_eq!(snap.len(), 500);
+        assert_eq!(
+            snap.members().iter().filter(|m| m.name() == "b7").count(),
+            1
+        );
     }
 
     #[test]
