@@ -2,7 +2,7 @@
 # Failure behaviour of lb's http_proxy next to nginx and HAProxy configured
 # alike, on loopback.
 #
-#   bash benches/chaos_compare.sh                  # about 5 minutes
+#   bash benches/chaos_compare.sh                  # about 8 minutes
 #   DURATION=3 BIG_MB=256 bash benches/chaos_compare.sh   # a quick check
 #
 # All three proxies: three backends (examples/bench_backend.rs, answering
@@ -26,7 +26,12 @@
 #   (c) all backends down: the status returned, median and worst latency;
 #   (d) $SLOW_CONNS slowloris connections beside $SLOW_RATE req/s: % served,
 #       p99 next to a baseline without them, the proxy's peak RSS, and what
-#       the slow clients got (408, closed, still open);
+#       the slow clients got (408, closed, still open); $D_ROUNDS rounds, the
+#       proxies in turn in each (A B C A B C), each round's baseline and
+#       slowloris p99 logged, the table giving their medians (a pause of
+#       the machine during one window, which moves a p99 by several times
+#       on a shared VM, is outvoted), the least % served, the largest RSS
+#       and the slow clients' answers summed over the rounds;
 #   (e) a $BIG_MB MiB upload and download, $TRANSFERS times each: the
 #       median MiB/s and the proxy's peak RSS;
 #   (f) the malformed-request corpus (crates/lb-proxy/tests/corpus/*.http),
@@ -38,7 +43,7 @@
 # its PID when the script ends.
 #
 # Knobs: DURATION (base seconds, 10), RATE (400), SLOW_RATE (300),
-# SLOW_CONNS (500), C_RATE (50), BIG_MB (1024), TRANSFERS (3: each big
+# SLOW_CONNS (500), D_ROUNDS (3), C_RATE (50), BIG_MB (1024), TRANSFERS (3: each big
 # transfer is timed this many times, the median counts), FAIL_TIMEOUT (5),
 # CLIENT_HEADER (5), NGINX_BUFFERING (off: proxy_request_buffering and
 # proxy_buffering; "on" is nginx's default, which spools bodies to disk), PROXIES ("nginx haproxy lb"), SCENARIOS ("a b c d e f"),
@@ -66,6 +71,7 @@ B_PRE=${B_PRE:-2}
 B_HOLD=${B_HOLD:-$((D + 5))}
 C_DUR=${C_DUR:-$half}
 D_DUR=${D_DUR:-$D}
+D_ROUNDS=${D_ROUNDS:-3}
 D_SLOW=$((D_DUR + 2))
 [ "$D_SLOW" -lt $((CLIENT_HEADER + 4)) ] && D_SLOW=$((CLIENT_HEADER + 4))
 PROXIES=${PROXIES:-nginx haproxy lb}
@@ -317,29 +323,50 @@ scenario_c() {
     log "  (c) $p: statuses $st, median ${med} ms, worst ${max} ms"
 }
 
+# scenario_d P [ROUND]: one round; its figures are kept under keys with
+# the round's suffix and summed up by d_summary.
 scenario_d() {
-    local p=$1 base slow_pid rss
-    rate_load "d0-$p" "$D_DUR" "$SLOW_RATE" "$TMP/d0-$p.csv"
-    base=$(summary_field "$TMP/d0-$p.out" p99)
-    spawn "slow-$p" "$LOAD_CPU" "$BIN/loadgen" slowloris --addr "127.0.0.1:$PORT" \
+    local p=$1 r=${2:-1} base slow_pid rss
+    rate_load "d0-$p-$r" "$D_DUR" "$SLOW_RATE" "$TMP/d0-$p-$r.csv"
+    base=$(summary_field "$TMP/d0-$p-$r.out" p99)
+    spawn "slow-$p-$r" "$LOAD_CPU" "$BIN/loadgen" slowloris --addr "127.0.0.1:$PORT" \
         --conns "$SLOW_CONNS" --duration "$D_SLOW" --interval 1
     slow_pid=$LAST_PID
     sleep 1
-    rate_load "d1-$p" "$D_DUR" "$SLOW_RATE" "$TMP/d1-$p.csv"
+    rate_load "d1-$p-$r" "$D_DUR" "$SLOW_RATE" "$TMP/d1-$p-$r.csv"
     wait_bounded "$slow_pid" $((D_SLOW + 15))
     rss=$(peak_rss_mib $PROXY_PIDS)
-    local f=$TMP/d1-$p.out sent ok p99 slow
+    local f=$TMP/d1-$p-$r.out sent ok p99 slow
     sent=$(summary_field "$f" sent)
     ok=$(summary_field "$f" ok)
     p99=$(summary_field "$f" p99)
-    slow=$(sed -n 's/^SLOW //p' "$TMP/slow-$p.log")
-    put d_served "$p" "$(awk -v o="${ok:-0}" -v s="${sent:-0}" 'BEGIN { printf (s ? "%.1f" : "n/a"), 100 * o / s }')"
-    put d_p99 "$p" "${p99:-n/a}"
-    put d_base "$p" "${base:-n/a}"
-    put d_rss "$p" "$rss"
-    put d_slow "$p" "$(echo "$slow" | awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+    slow=$(sed -n 's/^SLOW //p' "$TMP/slow-$p-$r.log")
+    put "d_served_$r" "$p" "$(awk -v o="${ok:-0}" -v s="${sent:-0}" 'BEGIN { printf (s ? "%.1f" : "n/a"), 100 * o / s }')"
+    put "d_p99_$r" "$p" "${p99:-n/a}"
+    put "d_base_$r" "$p" "${base:-n/a}"
+    put "d_rss_$r" "$p" "$rss"
+    put "d_slow_$r" "$p" "$(echo "$slow" | awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
         if (NF) printf "%d/%d/%d/%d", v["got408"], v["answered"] - v["got408"], v["closed"], v["open"] }')"
-    log "  (d) $p: served $ok of $sent, p99 ${p99} ms (baseline ${base} ms), peak RSS ${rss} MiB; slow clients: $slow"
+    log "  (d) $p round $r: served $ok of $sent, p99 ${p99} ms (baseline ${base} ms), peak RSS ${rss} MiB; slow clients: $slow"
+}
+
+# d_summary P: the rounds of (d) in one row each: the median p99 and
+# baseline, the least % served, the largest RSS, the answers summed.
+d_summary() {
+    local p=$1 key r vals
+    for key in p99 base served rss slow; do
+        vals=()
+        for ((r = 1; r <= D_ROUNDS; r++)); do vals+=("$(get "d_${key}_$r" "$p")"); done
+        case $key in
+        p99 | base) put "d_$key" "$p" "$(printf '%s\n' "${vals[@]}" | grep -E '^[0-9.]+$' | sort -g |
+            awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : "n/a") }')" ;;
+        served) put d_served "$p" "$(printf '%s\n' "${vals[@]}" | sort -g | head -n 1)" ;;
+        rss) put d_rss "$p" "$(printf '%s\n' "${vals[@]}" | sort -g | tail -n 1)" ;;
+        slow) put d_slow "$p" "$(printf '%s\n' "${vals[@]}" | awk -F/ 'NF == 4 { for (i = 1; i <= 4; i++) t[i] += $i; n++ }
+            END { if (n) printf "%d/%d/%d/%d", t[1], t[2], t[3], t[4]; else print "n/a" }')" ;;
+        esac
+    done
+    log "  (d) $p over $D_ROUNDS rounds: p99 $(get d_p99 "$p") ms (median; each: $(for ((r = 1; r <= D_ROUNDS; r++)); do printf '%s ' "$(get "d_p99_$r" "$p")"; done)), baseline $(get d_base "$p") ms (each: $(for ((r = 1; r <= D_ROUNDS; r++)); do printf '%s ' "$(get "d_base_$r" "$p")"; done))"
 }
 
 # big_transfer P up|down: MiB/s (the median of $TRANSFERS transfers, each
@@ -411,6 +438,18 @@ for s in $SCENARIOS; do
         fi
     fi
     log "scenario ($s)"
+    if [ "$s" = d ]; then
+        for ((r = 1; r <= D_ROUNDS; r++)); do
+            for p in $PROXIES; do
+                backends_fresh
+                chaos_start "$p"
+                scenario_d "$p" "$r"
+                stop_proxy
+            done
+        done
+        for p in $PROXIES; do d_summary "$p"; done
+        continue
+    fi
     for p in $PROXIES; do
         backends_fresh
         if [ "$s" = e ]; then
@@ -460,10 +499,10 @@ if has c; then
 fi
 if has d; then
     row d_served "(d) slowloris: % of normal traffic served"
-    row d_p99 "(d) slowloris: p99 (ms)"
-    row d_base "(d) baseline p99 without slowloris (ms)"
+    row d_p99 "(d) slowloris: p99 (ms, median of $D_ROUNDS)"
+    row d_base "(d) baseline p99, no slowloris (ms, median)"
     row d_rss "(d) slowloris: proxy peak RSS (MiB)"
-    row d_slow "(d) slow: 408/other answer/closed/open" no
+    row d_slow "(d) slow: 408/other/closed/open, all rounds" no
 fi
 if has e; then
     row e_up "(e) $BIG_MB MiB upload (MiB/s, median of $TRANSFERS)"
