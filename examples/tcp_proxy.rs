@@ -68,7 +68,8 @@ struct Args {
     /// Connections the demonstration makes.
     #[arg(long, value_name = "N", default_value_t = 30)]
     connections: usize,
-    /// Runtime worker threads (default: one per CPU).
+    /// Runtime worker threads (default: one per CPU). With 1, everything
+    /// runs on the main thread (tokio's current-thread runtime).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
 }
@@ -291,10 +292,17 @@ async fn demo(args: Args) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.threads {
-        builder.worker_threads(usize::from(n));
-    }
+    // One thread: a current-thread runtime (no work-stealing machinery,
+    // no cross-thread wakeups), as http_proxy; more: the multi-thread one.
+    let mut builder = match args.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(n));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
