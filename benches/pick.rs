@@ -106,7 +106,8 @@ fn bench_single(c: &mut Criterion<Clock>) {
 
 /// What every pick above pays before the scheduler runs: reaching the
 /// snapshot (`with_snapshot`, as the picks do, or a plain `load`) and
-/// building the `Ctx`. Subtract it to see a scheduler's own cost.
+/// building the `Ctx` (also measured alone). Subtract it to see a
+/// scheduler's own cost.
 fn bench_overhead(c: &mut Criterion<Clock>) {
     let mut g = c.benchmark_group("overhead");
     let cell = OnceCell::new();
@@ -121,6 +122,18 @@ fn bench_overhead(c: &mut Criterion<Clock>) {
                 .with_key(f.keys[k].as_bytes());
             f.lb.pool()
                 .with_snapshot(|snap| black_box((snap, &ctx)).0.len())
+        })
+    });
+    g.bench_function("ctx", |b| {
+        let f = cell.get_or_init(|| fixture("rr", 3));
+        let mut i = 0usize;
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let k = i % CLIENTS;
+            let ctx = Ctx::at(f.clients[k], Duration::from_secs(1))
+                .with_dest(f.dests[k])
+                .with_key(f.keys[k].as_bytes());
+            black_box(&ctx);
         })
     });
     g.bench_function("load+ctx", |b| {
