@@ -72,7 +72,7 @@ impl fmt::Display for Unusable {
 /// pick only.
 ///
 /// Cost: the template table is split into shards, each behind a lock owned
-/// by this instance (room for 4096 templates is reserved up front). Using a template allocates
+/// by this instance (room for 4096 IPv4 and 1024 IPv6 templates is reserved up front). Using a template allocates
 /// nothing; creating one allocates its shared connection count, as the
 /// kernel allocates a template connection.
 ///
