@@ -71,14 +71,21 @@ fn fixture(sched: &str, n: usize) -> Fixture {
 }
 
 impl Fixture {
+    /// The `Ctx` of the `i`th pick: the clients, destinations and keys in
+    /// turn.
+    #[inline]
+    fn ctx(&self, i: usize) -> Ctx<'_> {
+        let k = i % CLIENTS;
+        Ctx::at(self.clients[k], Duration::from_secs(1))
+            .with_dest(self.dests[k])
+            .with_key(self.keys[k].as_bytes())
+    }
+
     /// One pick as `Balancer::connect` makes it, without the connection:
     /// the snapshot through `Pool::with_snapshot`, then the scheduler.
     #[inline]
     fn pick(&self, i: usize) -> bool {
-        let k = i % CLIENTS;
-        let ctx = Ctx::at(self.clients[k], Duration::from_secs(1))
-            .with_dest(self.dests[k])
-            .with_key(self.keys[k].as_bytes());
+        let ctx = self.ctx(i);
         self.lb
             .pool()
             .with_snapshot(|snap| self.lb.scheduler().pick(snap, &ctx).is_some())
@@ -116,10 +123,7 @@ fn bench_overhead(c: &mut Criterion<Clock>) {
         let mut i = 0usize;
         b.iter(|| {
             i = i.wrapping_add(1);
-            let k = i % CLIENTS;
-            let ctx = Ctx::at(f.clients[k], Duration::from_secs(1))
-                .with_dest(f.dests[k])
-                .with_key(f.keys[k].as_bytes());
+            let ctx = f.ctx(i);
             f.lb.pool()
                 .with_snapshot(|snap| black_box((snap, &ctx)).0.len())
         })
@@ -129,11 +133,7 @@ fn bench_overhead(c: &mut Criterion<Clock>) {
         let mut i = 0usize;
         b.iter(|| {
             i = i.wrapping_add(1);
-            let k = i % CLIENTS;
-            let ctx = Ctx::at(f.clients[k], Duration::from_secs(1))
-                .with_dest(f.dests[k])
-                .with_key(f.keys[k].as_bytes());
-            black_box(&ctx);
+            black_box(&f.ctx(i));
         })
     });
     g.bench_function("load+ctx", |b| {
@@ -141,11 +141,8 @@ fn bench_overhead(c: &mut Criterion<Clock>) {
         let mut i = 0usize;
         b.iter(|| {
             i = i.wrapping_add(1);
-            let k = i % CLIENTS;
             let snap = f.lb.pool().load();
-            let ctx = Ctx::at(f.clients[k], Duration::from_secs(1))
-                .with_dest(f.dests[k])
-                .with_key(f.keys[k].as_bytes());
+            let ctx = f.ctx(i);
             black_box((&*snap, &ctx));
         })
     });

@@ -14,6 +14,9 @@
 //! `POST /backends/NAME/weight?value=N`, `/down`, `/up`, `/drain`,
 //! `POST /backends?name=..&addr=..&weight=..`, `DELETE /backends/NAME`.
 
+#[path = "support/runtime.rs"]
+mod runtime;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -80,18 +83,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    // One thread: a current-thread runtime (no work-stealing machinery,
-    // no cross-thread wakeups); more: the multi-thread scheduler.
-    let mut builder = match args.threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(usize::from(n));
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let rt = match builder.enable_all().build() {
+    let rt = match runtime::build(args.threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("http_proxy: cannot start the runtime: {e}");

@@ -12,6 +12,9 @@
 //! port, makes real connections through it, prints where they went and an
 //! `ipvsadm -Ln`-like status table, and exits.
 
+#[path = "support/runtime.rs"]
+mod runtime;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -292,18 +295,7 @@ async fn demo(args: Args) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    // One thread: a current-thread runtime (no work-stealing machinery,
-    // no cross-thread wakeups), as http_proxy; more: the multi-thread one.
-    let mut builder = match args.threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(usize::from(n));
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let rt = match builder.enable_all().build() {
+    let rt = match runtime::build(args.threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tcp_proxy: cannot start the runtime: {e}");
