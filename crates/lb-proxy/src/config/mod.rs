@@ -8,6 +8,7 @@
 //! hash_key = "$remote_addr"         # the key hashing schedulers use (optional)
 //! host = "preserve"                 # "preserve", "backend", or a fixed Host value
 //! forwarded_headers = true          # X-Forwarded-For, X-Forwarded-Proto, Forwarded
+//! upstream_send_buffer_kib = 1024   # SO_SNDBUF of backend connections (0 = kernel autotuning)
 //!
 //! [persistence]                     # LVS -p (optional)
 //! timeout = "300s"
@@ -94,6 +95,9 @@ pub struct Config {
     pub host: HostHeader,
     /// Whether to add `X-Forwarded-*` and `Forwarded`.
     pub forwarded_headers: bool,
+    /// The send buffer of connections to backends in KiB (0: the kernel's
+    /// autotuning); see [`ForwardConfig::upstream_send_buffer`].
+    pub upstream_send_buffer_kib: u32,
     /// LVS-style persistence, if asked for.
     pub persistence: Option<Persistence>,
     /// Timeouts.
@@ -110,6 +114,9 @@ pub struct Config {
     /// the forwarder's default when absent.
     pub keepalive: Option<usize>,
 }
+
+/// The default of [`Config::upstream_send_buffer_kib`]: [`ForwardConfig`]'s.
+pub const DEFAULT_SEND_BUFFER_KIB: u32 = 1024;
 
 /// LVS persistence (`ipvsadm -p TIMEOUT -M NETMASK`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -483,6 +490,8 @@ impl Config {
                 .unwrap_or(ForwardConfig::default().max_idle_per_backend),
             slow_response: None,
             h1_client: true,
+            upstream_send_buffer: (self.upstream_send_buffer_kib > 0)
+                .then_some(self.upstream_send_buffer_kib << 10),
         }
     }
 }

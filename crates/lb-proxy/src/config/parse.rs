@@ -25,6 +25,7 @@ struct Raw {
     hash_key: Option<Spanned<String>>,
     host: Option<Spanned<String>>,
     forwarded_headers: Option<bool>,
+    upstream_send_buffer_kib: Option<Spanned<i64>>,
     persistence: Option<RawPersistence>,
     timeouts: Option<RawTimeouts>,
     limits: Option<RawLimits>,
@@ -237,6 +238,9 @@ pub(super) fn from_toml(text: &str) -> Result<Config, ConfigError> {
         };
     }
     c.forwarded_headers = raw.forwarded_headers.unwrap_or(true);
+    if let Some(k) = &raw.upstream_send_buffer_kib {
+        c.upstream_send_buffer_kib = src.int("upstream_send_buffer_kib", k, 0..65_537)?;
+    }
     if let Some(p) = &raw.persistence {
         c.persistence = Some(persistence(&src, p)?);
     }
@@ -504,6 +508,7 @@ impl Config {
             hash_key: None,
             host: HostHeader::Preserve,
             forwarded_headers: true,
+            upstream_send_buffer_kib: super::DEFAULT_SEND_BUFFER_KIB,
             persistence: None,
             timeouts: Timeouts::default(),
             limits: ClientLimits::default(),

@@ -6,6 +6,7 @@ admin = "[::1]:8081"
 scheduler = "wrr"
 hash_key = "$remote_addr"
 host = "backend"
+upstream_send_buffer_kib = 512
 
 [persistence]
 timeout = "300s"
@@ -75,6 +76,8 @@ fn a_full_config_parses() {
         (l.max_uri_bytes, l.max_header_bytes, l.max_headers),
         (8192, 16384, 100)
     );
+    assert_eq!(c.upstream_send_buffer_kib, 512);
+    assert_eq!(c.forward_config().upstream_send_buffer, Some(512 << 10));
     assert_eq!(c.limits.max_body_mib, 8);
     assert_eq!(l.max_body_bytes, Some(8 << 20));
     let unlimited =
@@ -85,6 +88,22 @@ fn a_full_config_parses() {
         unlimited.limits().max_body_bytes,
         None,
         "no limit by default"
+    );
+    let defaults =
+        Config::from_toml("listen = \"127.0.0.1:1\"\n[[backend]]\naddr = \"127.0.0.1:2\"\n")
+            .unwrap();
+    assert_eq!(
+        defaults.forward_config().upstream_send_buffer,
+        Some(1 << 20)
+    );
+    let autotuned = Config::from_toml(
+        "listen = \"127.0.0.1:1\"\nupstream_send_buffer_kib = 0\n[[backend]]\naddr = \"127.0.0.1:2\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        autotuned.forward_config().upstream_send_buffer,
+        None,
+        "0: the kernel's autotuning"
     );
     assert_eq!(c.retry.max_tries(), 4);
     assert_eq!(c.retry.statuses().collect::<Vec<_>>(), vec![502, 504]);
@@ -204,6 +223,12 @@ fn each_kind_of_mistake_names_the_key_and_the_problem() {
         "[501]",
         "[501]",
         &["retry.on_status: ", "501"],
+    );
+    mistake(
+        "upstream_send_buffer_kib = 512",
+        "upstream_send_buffer_kib = 70000",
+        "upstream_send_buffer_kib",
+        &["upstream_send_buffer_kib: 70000 is out of range (0..=65536)"],
     );
     mistake(
         "max_body_mib = 8",
@@ -338,7 +363,7 @@ fn load_names_the_file() {
     std::fs::write(&path, GOOD.replacen("weight = 2", "weight = 70000", 1)).unwrap();
     let e = Config::load(&path).unwrap_err().to_string();
     assert!(
-        e.starts_with(&format!("{}:30: backend[0].weight", path.display())),
+        e.starts_with(&format!("{}:31: backend[0].weight", path.display())),
         "{e}"
     );
     let e = Config::load(&dir.join("missing.toml"))

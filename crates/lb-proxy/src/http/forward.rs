@@ -29,7 +29,7 @@ use super::h1::exchange::Exchange;
 use super::h1::pool::H1Pool;
 use super::headers::{add_forwarded, connection_has, strip_hop_by_hop};
 use super::idle::IdleBody;
-use super::pool::Pool;
+use super::pool::{Dial, Pool};
 use super::upgrade;
 use crate::pick::{BoxError, ClientAddr, OutcomeError, Sending, Upstream, UpstreamBody};
 
@@ -66,6 +66,16 @@ pub struct ForwardConfig {
     pub tunnel_timeout: Option<Duration>,
     /// Idle keep-alive connections kept per backend.
     pub max_idle_per_backend: usize,
+    /// The send buffer of connections to backends (`SO_SNDBUF`, which Linux
+    /// doubles; HAProxy `tune.sndbuf.server`); `None` leaves it to the
+    /// kernel's autotuning. Default 1 MiB: a backend that reads slower than
+    /// a client uploads then has at most about 2 MiB waiting for it in the
+    /// kernel, still warm in the caches when it reads, instead of the several
+    /// MiB autotuning lets pile up (on loopback, with curl and the backend
+    /// sharing a core, that made the backend spend 1.6x the CPU per GiB
+    /// uploaded: `benches/chaos_compare.sh`, scenario e). It also bounds one
+    /// upload's throughput to about 2 MiB per round trip to the backend.
+    pub upstream_send_buffer: Option<u32>,
     /// The Host header sent to backends.
     pub host: HostHeader,
     /// Whether to add `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded`.
@@ -103,6 +113,7 @@ impl Default for ForwardConfig {
             idle_timeout: Some(Duration::from_secs(60)),
             tunnel_timeout: Some(Duration::from_secs(3600)),
             max_idle_per_backend: 32,
+            upstream_send_buffer: Some(1 << 20),
             host: HostHeader::Preserve,
             forwarded_headers: true,
             slow_response: None,
@@ -165,17 +176,13 @@ where
 {
     /// A forwarder with its own connection pool.
     pub fn new(config: ForwardConfig) -> Self {
+        let dial = Dial {
+            timeout: config.connect_timeout,
+            send_buffer: config.upstream_send_buffer,
+        };
         Forward {
-            pool: Pool::new(
-                config.max_idle_per_backend,
-                config.idle_timeout,
-                config.connect_timeout,
-            ),
-            h1: H1Pool::new(
-                config.max_idle_per_backend,
-                config.idle_timeout,
-                config.connect_timeout,
-            ),
+            pool: Pool::new(config.max_idle_per_backend, config.idle_timeout, dial),
+            h1: H1Pool::new(config.max_idle_per_backend, config.idle_timeout, dial),
             config: Arc::new(config),
         }
     }

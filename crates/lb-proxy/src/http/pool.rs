@@ -30,7 +30,7 @@ use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
 use lb_core::Outcome;
 use pin_project_lite::pin_project;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 use super::body::BackendBody;
@@ -61,8 +61,17 @@ struct IdleInner<T> {
     idle: Mutex<IdleMap<T>>,
     max_idle: usize,
     idle_timeout: Option<Duration>,
-    connect_timeout: Option<Duration>,
+    dial: Dial,
     sweeping: AtomicBool,
+}
+
+/// How new connections to backends are made.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Dial {
+    /// The limit on connecting.
+    pub(crate) timeout: Option<Duration>,
+    /// The socket's send buffer (`SO_SNDBUF`), or the kernel's autotuning.
+    pub(crate) send_buffer: Option<u32>,
 }
 
 type IdleMap<T> = HashMap<SocketAddr, Vec<(T, Instant)>, BuildHasherDefault<AddrHasher>>;
@@ -86,25 +95,21 @@ impl<T> fmt::Debug for IdlePool<T> {
 
 impl<T: Reusable> IdlePool<T> {
     /// An empty pool.
-    pub(crate) fn new(
-        max_idle: usize,
-        idle_timeout: Option<Duration>,
-        connect_timeout: Option<Duration>,
-    ) -> Self {
+    pub(crate) fn new(max_idle: usize, idle_timeout: Option<Duration>, dial: Dial) -> Self {
         IdlePool {
             inner: Arc::new(IdleInner {
                 idle: Mutex::new(HashMap::default()),
                 max_idle,
                 idle_timeout,
-                connect_timeout,
+                dial,
                 sweeping: AtomicBool::new(false),
             }),
         }
     }
 
-    /// The limit on connecting to a backend.
-    pub(crate) fn connect_timeout(&self) -> Option<Duration> {
-        self.inner.connect_timeout
+    /// How new connections are made.
+    pub(crate) fn dial(&self) -> Dial {
+        self.inner.dial
     }
 
     /// The most recently pooled usable connection to `addr`; expired and
@@ -234,13 +239,9 @@ where
     B::Error: Into<BoxError>,
 {
     /// An empty pool.
-    pub(crate) fn new(
-        max_idle: usize,
-        idle_timeout: Option<Duration>,
-        connect_timeout: Option<Duration>,
-    ) -> Self {
+    pub(crate) fn new(max_idle: usize, idle_timeout: Option<Duration>, dial: Dial) -> Self {
         Pool {
-            idle: IdlePool::new(max_idle, idle_timeout, connect_timeout),
+            idle: IdlePool::new(max_idle, idle_timeout, dial),
         }
     }
 
@@ -295,7 +296,7 @@ where
 
     /// A new connection to `addr`, its driver task spawned.
     async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<B>, BoxError> {
-        let stream = connect(addr, self.idle.connect_timeout()).await?;
+        let stream = connect(addr, self.idle.dial()).await?;
         let (mut tx, conn) = http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
@@ -387,15 +388,21 @@ where
     }
 }
 
-/// A TCP connection to backend `addr` within `limit`, with Nagle off: a
+/// A TCP connection to backend `addr` as `dial` says, with Nagle off: a
 /// timeout is an unsent [`Outcome::Timeout`], a refusal or other failure an
 /// unsent [`Outcome::ConnectFailed`] (the request may go elsewhere).
-pub(crate) async fn connect(
-    addr: SocketAddr,
-    limit: Option<Duration>,
-) -> Result<TcpStream, BoxError> {
-    let connecting = TcpStream::connect(addr);
-    let stream = match limit {
+pub(crate) async fn connect(addr: SocketAddr, dial: Dial) -> Result<TcpStream, BoxError> {
+    let connecting = async {
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        if let Some(size) = dial.send_buffer {
+            socket.set_send_buffer_size(size)?;
+        }
+        socket.connect(addr).await
+    };
+    let stream = match dial.timeout {
         Some(limit) => match tokio::time::timeout(limit, connecting).await {
             Ok(r) => r,
             Err(_) => {
@@ -460,6 +467,34 @@ impl AddrHasher {
 
 #[cfg(test)]
 mod tests {
+
+    #[tokio::test]
+    async fn a_new_connection_gets_the_send_buffer_asked_for() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let size = |stream: TcpStream| {
+            TcpSocket::from_std_stream(stream.into_std().unwrap())
+                .send_buffer_size()
+                .unwrap()
+        };
+        let asked = Dial {
+            timeout: Some(Duration::from_secs(5)),
+            send_buffer: Some(256 << 10),
+        };
+        let s = connect(addr, asked).await.unwrap();
+        // Linux doubles the value asked for, capped by net.core.wmem_max.
+        let max = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+            .ok()
+            .and_then(|m| m.trim().parse::<u32>().ok());
+        match max {
+            Some(max) => assert_eq!(size(s), 2 * max.min(256 << 10)),
+            None => assert!(size(s) >= 256 << 10),
+        }
+        // Without it, the connection is made all the same (the kernel's
+        // autotuning decides).
+        connect(addr, Dial::default()).await.unwrap();
+    }
+
     use super::*;
     use std::hash::BuildHasher;
 

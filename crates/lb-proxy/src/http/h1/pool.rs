@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
-use crate::http::pool::{connect, IdlePool, Reusable};
+use crate::http::pool::{connect, Dial, IdlePool, Reusable};
 use crate::http::readsize::ReadSize;
 use crate::pick::BoxError;
 
@@ -46,13 +46,9 @@ impl Reusable for Conn {
 
 impl H1Pool {
     /// An empty pool.
-    pub(crate) fn new(
-        max_idle: usize,
-        idle_timeout: Option<Duration>,
-        connect_timeout: Option<Duration>,
-    ) -> Self {
+    pub(crate) fn new(max_idle: usize, idle_timeout: Option<Duration>, dial: Dial) -> Self {
         H1Pool {
-            idle: IdlePool::new(max_idle, idle_timeout, connect_timeout),
+            idle: IdlePool::new(max_idle, idle_timeout, dial),
         }
     }
 
@@ -72,7 +68,7 @@ impl H1Pool {
 
     /// A new connection to `addr`, within the connect timeout.
     pub(crate) async fn connect(self, addr: SocketAddr) -> Result<Conn, BoxError> {
-        let io = connect(addr, self.idle.connect_timeout()).await?;
+        let io = connect(addr, self.idle.dial()).await?;
         self.idle.start_sweep();
         Ok(Conn {
             io,
