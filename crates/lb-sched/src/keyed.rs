@@ -130,25 +130,20 @@ impl<V> IpTable<V> {
     /// The shard that holds `key`, locked, for operations on that key.
     #[inline]
     pub(crate) fn lock(&self, key: IpAddr) -> Locked<'_, V> {
-        match key {
+        let (at, hash) = match key {
             IpAddr::V4(a) => {
-                let key = u32::from(a);
-                let hash = key.hash(&self.hash);
-                Locked {
-                    at: At::V4(self.v4[shard_of(hash)].0.lock(), key),
-                    hash,
-                    hasher: self.hash,
-                }
+                let (guard, hash) = lock_in(&self.v4, u32::from(a), &self.hash);
+                (At::V4(guard, u32::from(a)), hash)
             }
             IpAddr::V6(a) => {
-                let key = u128::from(a);
-                let hash = key.hash(&self.hash);
-                Locked {
-                    at: At::V6(self.v6[shard_of(hash)].0.lock(), key),
-                    hash,
-                    hasher: self.hash,
-                }
+                let (guard, hash) = lock_in(&self.v6, u128::from(a), &self.hash);
+                (At::V6(guard, u128::from(a)), hash)
             }
+        };
+        Locked {
+            at,
+            hash,
+            hasher: self.hash,
         }
     }
 
@@ -158,6 +153,17 @@ impl<V> IpTable<V> {
         let v6: usize = self.v6.iter().map(|s| s.0.lock().len()).sum();
         v4 + v6
     }
+}
+
+/// The shard of `shards` that holds `key`, locked, and the key's hash.
+#[inline]
+fn lock_in<'a, K: Key, V>(
+    shards: &'a [Shard<K, V>],
+    key: K,
+    h: &IpHash,
+) -> (MutexGuard<'a, HashTable<(K, V)>>, u64) {
+    let hash = key.hash(h);
+    (shards[shard_of(hash)].0.lock(), hash)
 }
 
 /// A locked shard and the key it was locked for.

@@ -517,6 +517,13 @@ mod tests {
     }
 
     #[test]
+    fn buckets_are_as_small_as_documented() {
+        // (IPv4 key, entry): what a hit at 100,000 destinations reads.
+        assert_eq!(std::mem::size_of::<(u32, Cached)>(), 24);
+        assert_eq!(std::mem::size_of::<(u32, Replicas)>(), 32);
+    }
+
+    #[test]
     fn id_set_keeps_order_across_the_inline_boundary() {
         let mut s = IdSet::of(at(0));
         for n in 1..7 {

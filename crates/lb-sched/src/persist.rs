@@ -313,3 +313,14 @@ impl Scheduler for Persist {
         self.inner.features()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_template_bucket_is_32_bytes() {
+        // (IPv4 key, template): what a persistence hit reads.
+        assert_eq!(std::mem::size_of::<(u32, Template)>(), 32);
+    }
+}
